@@ -1,0 +1,101 @@
+"""A model adapter: where a family keeps its decoder blocks, final norm, lm_head and image tokens.
+
+Methods never name a model class; they talk to the adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import BatchFeature
+
+from mllm_refine.components.base import ModelInfo
+from mllm_refine.data.sample import Sample
+
+
+class ModelAdapter:
+    """Generic adapter for ``*ForConditionalGeneration`` models of transformers 5.
+
+    Subclasses set ``name``, ``model_types`` (``config.model_type`` values) and
+    ``image_token_attrs`` (config attributes that hold image placeholder token ids).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "adapter"
+    model_types: ClassVar[tuple[str, ...]] = ()
+    model_classes: ClassVar[tuple[str, ...]] = ()  # for error messages and docs
+    image_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id",)
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return getattr(model.config, "model_type", None) in cls.model_types
+
+    # --- where things live -------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.language_model.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.get_text_config()
+
+    def attention_module(self, layer: int) -> nn.Module:
+        """The self-attention module of block ``layer`` (1..L)."""
+        return self.decoder_layers[layer - 1].self_attn
+
+    def info(self) -> ModelInfo:
+        c = self.text_config
+        return ModelInfo(
+            num_layers=c.num_hidden_layers,
+            num_heads=c.num_attention_heads,
+            num_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+            hidden_size=c.hidden_size,
+            vocab_size=self.lm_head.out_features,
+            family=self.name,
+        )
+
+    # --- image tokens --------------------------------------------------------------------
+    @property
+    def image_token_ids(self) -> list[int]:
+        ids = [getattr(self.model.config, a, None) for a in self.image_token_attrs]
+        return [i for i in ids if i is not None]
+
+    def image_keys(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` bool: prompt positions that hold image tokens."""
+        ids = torch.tensor(self.image_token_ids, device=input_ids.device)
+        return torch.isin(input_ids, ids)
+
+    # --- inputs ----------------------------------------------------------------------------
+    def prompt(self, sample: Sample) -> str:
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in sample.images]
+        content.append({"type": "text", "text": sample.question})
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prepare(self, samples: list[Sample]) -> BatchFeature:
+        """Model inputs for a batch, left padded."""
+        self.tokenizer.padding_side = "left"
+        texts = [self.prompt(s) for s in samples]
+        images = [list(s.images) for s in samples]
+        if not any(images):
+            return self.processor(text=texts, return_tensors="pt", padding=True)
+        return self.processor(images=images, text=texts, return_tensors="pt", padding=True)

@@ -1,0 +1,28 @@
+"""The interfaces every decoding part implements."""
+
+from mllm_refine.components.base import Component, ModelInfo, resolve_layers
+from mllm_refine.components.head_filter import AttentionRow, HeadFilter
+from mllm_refine.components.input_refiner import InputRefiner
+from mllm_refine.components.layer_selector import LayerSelector
+from mllm_refine.components.logit_combiner import LogitCombiner
+from mllm_refine.components.needs import Needs
+
+KINDS = {
+    "layer_selector": LayerSelector,
+    "head_filter": HeadFilter,
+    "logit_combiner": LogitCombiner,
+    "input_refiner": InputRefiner,
+}
+
+__all__ = [
+    "AttentionRow",
+    "Component",
+    "HeadFilter",
+    "InputRefiner",
+    "KINDS",
+    "LayerSelector",
+    "LogitCombiner",
+    "ModelInfo",
+    "Needs",
+    "resolve_layers",
+]

@@ -1,0 +1,66 @@
+"""The base every decoding part derives from.
+
+A component is a dataclass: its fields are its recipe parameters (typed, with defaults).
+``setup`` binds it to a model (resolving depth-dependent defaults) before any decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mllm_refine.components.needs import Needs
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The shape of the language model a component is bound to."""
+
+    num_layers: int  # L decoder blocks
+    num_heads: int  # H query heads per block
+    num_kv_heads: int
+    hidden_size: int  # D
+    vocab_size: int  # V
+    family: str  # adapter name, e.g. "llava"
+
+
+class Component(ABC):
+    """A decoding part. Subclasses set ``name`` and are ``@dataclass``es."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # set by each interface: "layer_selector", "head_filter", ...
+
+    def setup(self, info: ModelInfo) -> None:
+        """Bind to a model; raise ``ValueError("<param>: <reason>")`` on an impossible setting."""
+        self.info = info
+
+    def needs(self) -> Needs:
+        """What the engine must capture for this part (after ``setup``)."""
+        return Needs()
+
+    def report(self) -> dict[str, Any]:
+        """Per-sample choices of the last request, e.g. ``{"heads": [[...], ...]}`` (lists of length B)."""
+        return {}
+
+    @classmethod
+    def params(cls) -> list[dataclasses.Field]:
+        """The recipe parameters: the dataclass fields."""
+        return [f for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else []
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+def resolve_layers(layers: list[int], num_layers: int, param: str, lowest: int = 1) -> list[int]:
+    """Map layer numbers (negative counts from the last block) into ``lowest..L``; reject the rest."""
+    out = []
+    for layer in layers:
+        resolved = layer + num_layers + 1 if layer < 0 else layer
+        if not lowest <= resolved <= num_layers:
+            raise ValueError(f"{param}: layer {layer} is outside {lowest}..{num_layers} of this model")
+        out.append(resolved)
+    return sorted(set(out))

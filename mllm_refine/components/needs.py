@@ -1,0 +1,34 @@
+"""What a component asks the engine to capture. The engine captures nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Capture requests, in layer numbers: layer ``l`` in 1..L is decoder block ``l``
+    (whose output is the residual stream ``h_l``); layer 0 is the embedding output ``h_0``.
+
+    attention: blocks whose attention row of the current query over the image tokens is kept,
+        ``(B, H, I)`` per block and step (see ``StepView.attention``).
+    hidden: layers whose residual stream at the current position is kept, ``(B, D)`` each, for
+        the logit lens (``StepView.lens``).
+    prefill_rows: blocks whose full prefill attention row of the last prompt token over every
+        key is kept, ``(B, H, T)`` each, once per request (``StepView.prefill_row``).
+    """
+
+    attention: frozenset[int] = field(default_factory=frozenset)
+    hidden: frozenset[int] = field(default_factory=frozenset)
+    prefill_rows: frozenset[int] = field(default_factory=frozenset)
+
+    def __or__(self, other: "Needs") -> "Needs":
+        return Needs(
+            attention=self.attention | other.attention,
+            hidden=self.hidden | other.hidden,
+            prefill_rows=self.prefill_rows | other.prefill_rows,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.attention or self.hidden or self.prefill_rows)

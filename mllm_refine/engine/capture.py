@@ -1,0 +1,177 @@
+"""Probes: capture only what the recipe's parts declared, inside the ordinary forward pass.
+
+A registered attention function (transformers' ``AttentionInterface``) runs ``sdpa`` for every
+block. In blocks that a part probes or filters, it also recomputes the *current query row* (the
+last position) eagerly: ``(B, H, K)`` scores, never the ``(B, H, T, T)`` matrix. Forward hooks keep
+the residual stream at the last position of the requested layers, ``(B, D)`` each.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.components.head_filter import AttentionRow, HeadFilter
+from mllm_refine.components.needs import Needs
+
+ATTENTION_NAME = "mllm_refine"
+_CAPTURE_ATTR = "_mllm_refine_capture"
+
+
+def refine_attention(
+    module: nn.Module,
+    query: torch.Tensor,  # (B, H, Q, Dh)
+    key: torch.Tensor,  # (B, Hkv, K, Dh)
+    value: torch.Tensor,  # (B, Hkv, K, Dh)
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``sdpa``, plus the probes and filters of an active ``Capture`` on this module."""
+    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    capture: Capture | None = getattr(module, _CAPTURE_ATTR, None)
+    if capture is not None:
+        out = capture.on_attention(module, query, key, value, attention_mask, scaling, out)
+    return out, weights
+
+
+AttentionInterface.register(ATTENTION_NAME, refine_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def use_refine_attention(adapter: ModelAdapter) -> None:
+    """Route the language model's attention through ``refine_attention`` (plain sdpa when idle)."""
+    adapter.text_config._attn_implementation = ATTENTION_NAME
+
+
+def _row_key_mask(attention_mask: torch.Tensor | None, batch: int, keys: int, device: torch.device) -> torch.Tensor:
+    """``(B, K)`` bool: keys the last query row may attend to."""
+    if attention_mask is None:  # no padding: the last row sees every key
+        return torch.ones(batch, keys, dtype=torch.bool, device=device)
+    row = attention_mask[:, 0, -1, :keys]  # (B or 1, K)
+    if row.dtype != torch.bool:
+        row = row == 0  # additive float mask: 0 where allowed
+    return row.expand(batch, keys)
+
+
+class Capture:
+    """What one request captures; attached to the attention modules while ``installed``."""
+
+    def __init__(self, adapter: ModelAdapter, needs: Needs, filters: list[HeadFilter]) -> None:
+        self.adapter = adapter
+        self.needs = needs
+        self.filters: dict[int, list[HeadFilter]] = {}
+        for f in filters:
+            for layer in f.active_layers():
+                self.filters.setdefault(layer, []).append(f)
+        self.step = 0
+        self.state: dict[str, Any] = {}
+        self.attention: dict[int, torch.Tensor] = {}  # layer -> (B, H, I) raw probabilities
+        self.hidden: dict[int, torch.Tensor] = {}  # layer -> (B, D)
+        self.prefill_rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, T)
+
+    def begin(self, input_ids: torch.Tensor) -> None:
+        """Locate each sample's image tokens in the prompt ``(B, T)``."""
+        self.prompt_image_keys = self.adapter.image_keys(input_ids)  # (B, T)
+        counts = self.prompt_image_keys.sum(1)  # (B,)
+        width = int(counts.max()) if counts.numel() else 0
+        # Padded per-sample index of image positions: (B, I), slots beyond a sample's count masked.
+        order = torch.argsort((~self.prompt_image_keys).to(torch.int8), dim=1, stable=True)
+        self.image_index = order[:, :width]  # (B, I)
+        self.image_slots = torch.arange(width, device=input_ids.device)[None] < counts[:, None]  # (B, I)
+
+    def image_keys(self, keys: int) -> torch.Tensor:
+        """``(B, K)`` bool image-key mask, the prompt's mask padded with False for new tokens."""
+        mask = self.prompt_image_keys
+        return torch.nn.functional.pad(mask, (0, keys - mask.shape[1]))
+
+    def on_attention(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+        out: torch.Tensor,  # (B, Q, H, Dh) sdpa output
+    ) -> torch.Tensor:
+        layer = module.layer_idx + 1
+        filters = self.filters.get(layer, [])
+        want_row = layer in self.needs.attention
+        want_prefill = layer in self.needs.prefill_rows and self.step == 0
+        if not (filters or want_row or want_prefill):
+            return out
+        B, H, _, Dh = query.shape
+        Hkv, K = key.shape[1], key.shape[2]
+        scale = scaling if scaling is not None else Dh**-0.5
+        # Grouped heads without copying K: query heads h = g * rep + r share key head g.
+        q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh)  # (B, Hkv, rep, Dh)
+        scores = torch.einsum("bgrd,bgkd->bgrk", q.float(), key.float()).reshape(B, H, K) * scale  # (B, H, K)
+        row = AttentionRow(
+            layer=layer,
+            step=self.step,
+            key_valid=_row_key_mask(attention_mask, B, K, query.device),
+            image_keys=self.image_keys(K),
+            state=self.state,
+        )
+        for f in filters:
+            scores = f.scores(scores, row)
+        scores = scores.masked_fill(~row.key_valid[:, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # (B, H, K)
+        for f in filters:
+            probs = f.probs(probs, row)
+        if want_row:
+            index = self.image_index[:, None, :].expand(B, H, -1)  # (B, H, I)
+            self.attention[layer] = probs.gather(2, index) * self.image_slots[:, None, :]  # (B, H, I)
+        if want_prefill:
+            self.prefill_rows[layer] = probs  # (B, H, T)
+        if filters:
+            p = probs.reshape(B, Hkv, H // Hkv, K)
+            row_out = torch.einsum("bgrk,bgkd->bgrd", p, value.float()).reshape(B, H, Dh)  # (B, H, Dh)
+            out = out.clone()
+            out[:, -1] = row_out.to(out.dtype)
+        return out
+
+    def _hidden_hook(self, layer: int):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: Any = None) -> None:
+            h = output if output is not None else (args[0] if args else kwargs["hidden_states"])
+            h = h[0] if isinstance(h, tuple) else h
+            self.hidden[layer] = h[:, -1, :]  # (B, D)
+
+        return hook
+
+    @contextmanager
+    def installed(self) -> Iterator["Capture"]:
+        adapter = self.adapter
+        layers = sorted(set(self.filters) | self.needs.attention | self.needs.prefill_rows)
+        handles = []
+        try:
+            for layer in layers:
+                setattr(adapter.attention_module(layer), _CAPTURE_ATTR, self)
+            for layer in sorted(self.needs.hidden):
+                if layer == 0:
+                    block = adapter.decoder_layers[0]
+                    hook = self._hidden_hook(0)
+                    handles.append(block.register_forward_pre_hook(lambda m, a, k, h=hook: h(m, a, k), with_kwargs=True))
+                else:
+                    hook = self._hidden_hook(layer)
+                    handles.append(
+                        adapter.decoder_layers[layer - 1].register_forward_hook(
+                            lambda m, a, k, o, h=hook: h(m, a, k, o), with_kwargs=True
+                        )
+                    )
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            for layer in layers:
+                module = adapter.attention_module(layer)
+                if hasattr(module, _CAPTURE_ATTR):
+                    delattr(module, _CAPTURE_ATTR)

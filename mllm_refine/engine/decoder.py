@@ -1,0 +1,130 @@
+"""Decoder: one model, one stack of parts, batches of samples in, predictions out.
+
+Generation itself is transformers' ``generate`` (batched, left padded, KV cache, stop strings);
+the parts act through the registered attention function and one logits processor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LogitsProcessorList
+
+from mllm_refine.adapters import adapter_for
+from mllm_refine.data.sample import Sample
+from mllm_refine.engine.capture import Capture, use_refine_attention
+from mllm_refine.engine.config import DecodeConfig
+from mllm_refine.engine.parts import Parts
+from mllm_refine.engine.processor import RefineProcessor
+
+# Explicit neutral values: generate would otherwise fill unset fields from the checkpoint's
+# generation_config, and warpers must run after the parts, inside RefineProcessor.
+_NEUTRAL = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1)
+_NEUTRAL_SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+
+
+@dataclass
+class Prediction:
+    id: str
+    question: str
+    prediction: str
+    answers: list[str] | None = None
+    tokens: list[int] = field(default_factory=list)
+    choices: dict[str, Any] = field(default_factory=dict)
+    fallbacks: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _batch_seed(seed: int, ids: list[str]) -> int:
+    """A seed fixed by the recipe seed and the batch's ids, so reruns and resumes repeat."""
+    digest = hashlib.sha256(("\0".join([str(seed), *ids])).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class Decoder:
+    def __init__(
+        self, model: nn.Module, processor: Any, parts: Parts | None = None, config: DecodeConfig | None = None
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.parts = parts or Parts()
+        self.config = config or DecodeConfig()
+        self.config.validate()
+        self.parts.check()
+        self.adapter = adapter_for(model, processor)
+        self.tokenizer = self.adapter.tokenizer
+        self.needs = self.parts.setup(self.adapter.info())
+        use_refine_attention(self.adapter)
+
+    def generation_config(self) -> GenerationConfig:
+        tok, gen = self.tokenizer, self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+        return GenerationConfig(
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=self.config.do_sample,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            stop_strings=self.config.stop or None,
+            **_NEUTRAL,
+            **(_NEUTRAL_SAMPLING if self.config.do_sample else {}),
+        )
+
+    def _eos_ids(self, gc: GenerationConfig) -> set[int]:
+        eos = gc.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+
+    @torch.no_grad()
+    def generate(self, samples: list[Sample]) -> list[Prediction]:
+        """Answer a batch; one prediction per sample, in order."""
+        for refiner in self.parts.input_refiners:
+            samples = refiner.refine(samples, self)
+        inputs = self.adapter.prepare(samples).to(self.model.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        capture = Capture(self.adapter, self.needs, self.parts.head_filters)
+        capture.begin(inputs["input_ids"])
+        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples))
+        gc = self.generation_config()
+        if self.config.do_sample:
+            torch.manual_seed(_batch_seed(self.config.seed, [s.id for s in samples]))
+        with capture.installed():
+            out = self.model.generate(
+                **inputs,
+                generation_config=gc,
+                logits_processor=LogitsProcessorList([processor]),
+                tokenizer=self.tokenizer if self.config.stop else None,
+            )
+        new = out[:, inputs["input_ids"].shape[1] :].tolist()  # (B, N)
+        reports = {p.name: p.report() for p in self.parts.components()}
+        return [self._prediction(b, s, new[b], processor, reports, gc) for b, s in enumerate(samples)]
+
+    def _prediction(
+        self, b: int, sample: Sample, tokens: list[int], processor: RefineProcessor, reports: dict, gc: GenerationConfig
+    ) -> Prediction:
+        eos = self._eos_ids(gc)
+        n = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
+        tokens = tokens[:n]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in self.config.stop:
+            text = text.split(stop)[0]
+        choices: dict[str, Any] = {}
+        if processor.layers:
+            choices["layer"] = [int(step[b]) for step in processor.layers[: max(n, 1)]]
+        for name, report in reports.items():
+            for key, values in report.items():
+                choices[f"{name}.{key}"] = values[b]
+        return Prediction(
+            id=sample.id,
+            question=sample.question,
+            prediction=text.strip(),
+            answers=sample.answers,
+            tokens=tokens,
+            choices=choices,
+            fallbacks=int(processor.fallbacks[b]),
+            meta=dict(sample.meta),
+        )

@@ -1,0 +1,49 @@
+"""Parts: the components of one recipe, checked to fit together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mllm_refine.components import HeadFilter, InputRefiner, LayerSelector, LogitCombiner, ModelInfo, Needs
+
+
+class ConflictError(ValueError):
+    """Two parts cannot be used together; the message says why."""
+
+
+@dataclass
+class Parts:
+    layer_selector: LayerSelector | None = None
+    head_filters: list[HeadFilter] = field(default_factory=list)
+    logit_combiner: LogitCombiner | None = None
+    input_refiners: list[InputRefiner] = field(default_factory=list)
+
+    def components(self) -> list:
+        parts = [self.layer_selector, *self.head_filters, self.logit_combiner, *self.input_refiners]
+        return [p for p in parts if p is not None]
+
+    @property
+    def empty(self) -> bool:
+        return not self.components()
+
+    def check(self) -> None:
+        """Refuse stacks that cannot work, before any model is loaded."""
+        c = self.logit_combiner
+        if c is not None and c.uses_layer and self.layer_selector is None:
+            raise ConflictError(f"logit_combiner {c.name!r} contrasts with a selected layer: add a layer_selector")
+        if self.layer_selector is not None and (c is None or not c.uses_layer):
+            raise ConflictError(
+                f"layer_selector {self.layer_selector.name!r} chooses a layer that no logit_combiner uses: "
+                "add a logit_combiner that uses a layer"
+            )
+
+    def setup(self, info: ModelInfo) -> Needs:
+        """Bind every part to the model and return the union of what they need captured."""
+        needs = Needs()
+        for part in self.components():
+            part.setup(info)
+            needs = needs | part.needs()
+        if self.layer_selector is not None and self.logit_combiner is not None and self.logit_combiner.uses_layer:
+            # The combiner reads the lens of whichever candidate the selector picks.
+            needs = needs | Needs(hidden=frozenset(self.layer_selector.candidates()))
+        return needs

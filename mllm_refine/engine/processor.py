@@ -1,0 +1,72 @@
+"""The per-step hook into ``generate``: parts -> logits -> penalties and warpers."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.engine.capture import Capture
+from mllm_refine.engine.config import DecodeConfig
+from mllm_refine.engine.parts import Parts
+from mllm_refine.engine.step_view import StepView
+
+
+def post_processors(config: DecodeConfig) -> LogitsProcessorList:
+    """Penalty and warpers, applied after the parts so they act on the combined logits."""
+    procs = LogitsProcessorList()
+    if config.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+    if config.do_sample:
+        if config.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k > 0:
+            procs.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1.0:
+            procs.append(TopPLogitsWarper(config.top_p))
+    return procs
+
+
+class RefineProcessor(LogitsProcessor):
+    """Runs the recipe's selector and combiner on each step's logits.
+
+    A row whose combined logits hold NaN or +inf, or no finite value at all, falls back to the
+    model's own logits for that step; ``fallbacks`` counts it per sample.
+    """
+
+    def __init__(
+        self, parts: Parts, capture: Capture, adapter: ModelAdapter, config: DecodeConfig, batch: int
+    ) -> None:
+        self.parts = parts
+        self.capture = capture
+        self.adapter = adapter
+        self.post = post_processors(config)
+        self.suppress = torch.tensor(adapter.image_token_ids, dtype=torch.long)
+        self.layers: list[torch.Tensor] = []  # per step: (B,) chosen layer
+        self.fallbacks = torch.zeros(batch, dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        view = StepView(self.capture.step, input_ids, scores.float(), self.capture, self.adapter)
+        logits = view.logits  # (B, V)
+        layer = None
+        if self.parts.layer_selector is not None:
+            layer = self.parts.layer_selector.select(view)  # (B,)
+            self.layers.append(layer.detach().cpu())
+        if self.parts.logit_combiner is not None:
+            logits = self.parts.logit_combiner.combine(view, layer)  # (B, V)
+        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | ~torch.isfinite(logits).any(-1)
+        if bad.any():
+            logits = torch.where(bad[:, None], view.logits, logits)
+            self.fallbacks += bad.cpu().long()
+        # Image placeholders are inputs only; the model must never emit them.
+        logits = logits.index_fill(1, self.suppress.to(logits.device), float("-inf"))
+        logits = self.post(input_ids, logits)
+        self.capture.step += 1
+        return logits

@@ -1,0 +1,86 @@
+"""StepView: what the parts of one decoding step may read, computed lazily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.engine.capture import Capture
+
+
+class StepView:
+    """One step of a batch: final logits, captured attention rows, and the logit lens.
+
+    Layers are numbered as in ``Needs``: 0 is the embedding output, ``l`` in 1..L is block ``l``.
+    Reading something no part declared raises ``KeyError`` naming the missing declaration.
+    """
+
+    def __init__(
+        self, step: int, input_ids: torch.Tensor, logits: torch.Tensor, capture: Capture, adapter: ModelAdapter
+    ) -> None:
+        self.step = step
+        self.input_ids = input_ids  # (B, T)
+        self.logits = logits  # (B, V) float32, the model's own z_N
+        self.capture = capture
+        self.adapter = adapter
+        self.num_layers = adapter.info().num_layers
+        self._lens: dict[tuple[int, bool], torch.Tensor] = {}
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-request scratch shared by all parts (e.g. findings of the prefill)."""
+        return self.capture.state
+
+    @property
+    def image_mask(self) -> torch.Tensor:
+        """``(B, I)`` bool: which image slots hold a real image token of each sample."""
+        return self.capture.image_slots
+
+    def attention(self, layer: int, renormalize: bool = True) -> torch.Tensor:
+        """``(B, H, I)``: the current row's attention over each sample's image tokens in block
+        ``layer``; renormalised over the image span unless ``renormalize=False``."""
+        if layer not in self.capture.attention:
+            raise KeyError(f"attention of layer {layer} was not declared in Needs.attention")
+        a = self.capture.attention[layer]  # (B, H, I)
+        if renormalize:
+            a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+        return a
+
+    def prefill_row(self, layer: int) -> torch.Tensor:
+        """``(B, H, T)``: the last prompt token's attention over every prompt key in block ``layer``."""
+        if layer not in self.capture.prefill_rows:
+            raise KeyError(f"prefill row of layer {layer} was not declared in Needs.prefill_rows")
+        return self.capture.prefill_rows[layer]
+
+    def hidden(self, layer: int) -> torch.Tensor:
+        """``(B, D)``: residual stream ``h_layer`` at the current position."""
+        if layer not in self.capture.hidden:
+            raise KeyError(f"hidden state of layer {layer} was not declared in Needs.hidden")
+        return self.capture.hidden[layer]
+
+    def _project(self, h: torch.Tensor, final_norm: bool) -> torch.Tensor:
+        if final_norm:
+            h = self.adapter.final_norm(h)
+        return self.adapter.lm_head(h).float()  # (B, V)
+
+    def lens(self, layer: int, final_norm: bool = True) -> torch.Tensor:
+        """``(B, V)`` logit lens ``lm_head(norm(h_layer))`` (``final_norm=False``: no norm)."""
+        key = (layer, final_norm)
+        if key not in self._lens:
+            self._lens[key] = self._project(self.hidden(layer), final_norm)
+        return self._lens[key]
+
+    def lens_at(self, layers: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """``(B, V)``: each sample's lens at its own layer ``layers[b]``; rows with ``-1`` hold
+        the final logits. One ``lm_head`` call for the whole batch."""
+        picked = layers >= 0  # (B,)
+        if not picked.any():
+            return self.logits
+        h = torch.zeros_like(self.hidden(int(layers[picked][0])))  # (B, D)
+        for layer in layers[picked].unique().tolist():
+            rows = layers == layer  # (B,)
+            h[rows] = self.hidden(layer)[rows]
+        z = self._project(h, final_norm)  # (B, V)
+        return torch.where(picked[:, None], z, self.logits)

@@ -1,0 +1,125 @@
+"""DualPD, "Seeing Right but Saying Wrong" (arXiv 2601.07359): two parts, usable alone or together.
+
+1. ``hellinger_shift`` (LayerSelector): the basic layer ``l_b = argmax_l H(Abar_{l-1}, Abar_l)``,
+   the block whose head-mean attention over the image moved most from the block before it.
+   Pair it with ``layer_contrast`` (``z_N - z_{l_b}`` inside a plausibility set).
+2. ``head_norm_filter`` (HeadFilter): in each block, the heads whose pre-softmax scores of the
+   current row have the lowest L2 norm (bottom ``ratio``) get their scores multiplied by ``gamma``
+   before the softmax: a soft decay, not pruning.
+
+Readings where the paper is silent (parameters, so other readings are one override away):
+- candidates: blocks ``2..L - max(1, L // 8)`` (block 1 has no predecessor with attention; the
+  last few blocks are left out as "all but the last few layers");
+- the head count is ``round(ratio * H)`` per block; the norm runs over the valid keys of the row
+  (``keys: all``) or only the image keys (``keys: image``);
+- the filter acts on the row that produces the logits (the last prompt token at prefill, then
+  each new token), in every block unless ``layers`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+
+from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, resolve_layers
+from mllm_refine.engine.step_view import StepView
+from mllm_refine.hookspecs import hookimpl
+
+
+def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``||sqrt(p) - sqrt(q)||_2 / sqrt(2)`` over the last dim; p, q are distributions."""
+    return (p.clamp_min(0).sqrt() - q.clamp_min(0).sqrt()).norm(dim=-1) / math.sqrt(2)
+
+
+@dataclass
+class HellingerShiftSelector(LayerSelector):
+    """DualPD basic layer: the block with the largest Hellinger shift of image attention."""
+
+    name = "hellinger_shift"
+    layers: list[int] | None = None  # candidate blocks; None: 2 .. L - max(1, L // 8)
+
+    def setup(self, info: ModelInfo) -> None:
+        super().setup(info)
+        L = info.num_layers
+        default = list(range(2, L - max(1, L // 8) + 1)) or [L]
+        self._candidates = resolve_layers(self.layers or default, L, "layers", lowest=2)
+
+    def candidates(self) -> list[int]:
+        return self._candidates
+
+    def needs(self) -> Needs:
+        # Each candidate l compares block l with block l - 1.
+        blocks = {l for c in self._candidates for l in (c - 1, c)}
+        return Needs(attention=frozenset(blocks))
+
+    def shifts(self, view: StepView) -> torch.Tensor:
+        """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
+        mean = {l: view.attention(l).mean(1) for l in self.needs().attention}  # l -> (B, I) head-mean
+        return torch.stack([hellinger(mean[c - 1], mean[c]) for c in self._candidates], dim=1)  # (B, C)
+
+    def select(self, view: StepView) -> torch.Tensor:
+        s = self.shifts(view)  # (B, C)
+        layer = torch.tensor(self._candidates, device=s.device)[s.argmax(1)]  # (B,)
+        has_image = view.image_mask.any(1)  # (B,)
+        return torch.where(has_image, layer, torch.full_like(layer, -1))
+
+
+@dataclass
+class HeadNormFilter(HeadFilter):
+    """DualPD head filter: decay pre-softmax scores of the lowest-L2-norm heads by gamma."""
+
+    name = "head_norm_filter"
+    ratio: float = 0.15  # share of heads per block to suppress
+    gamma: float = 0.9  # multiplier of their pre-softmax scores
+    layers: list[int] | None = None  # blocks to act in; None: all
+    keys: Literal["all", "image"] = "all"  # keys the score norm runs over
+
+    def setup(self, info: ModelInfo) -> None:
+        super().setup(info)
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"ratio: {self.ratio} is outside 0..1")
+        if self.gamma < 0:
+            raise ValueError(f"gamma: {self.gamma} must be >= 0")
+        self.count = round(self.ratio * info.num_heads)
+        noop = self.count == 0 or self.gamma == 1.0
+        blocks = self.layers or list(range(1, info.num_layers + 1))
+        self._layers = [] if noop else resolve_layers(blocks, info.num_layers, "layers")
+        self._suppressed: dict[int, torch.Tensor] = {}  # layer -> (B, H) bool, at the first step
+
+    def active_layers(self) -> list[int]:
+        return self._layers
+
+    def suppressed(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:
+        """``(B, H)`` bool: the ``count`` heads with the lowest score norm, per sample."""
+        keep = row.key_valid if self.keys == "all" else row.key_valid & row.image_keys  # (B, K)
+        norm = (scores * keep[:, None, :]).norm(dim=-1)  # (B, H)
+        lowest = norm.topk(self.count, dim=-1, largest=False).indices  # (B, count)
+        return torch.zeros_like(norm, dtype=torch.bool).scatter_(1, lowest, True)
+
+    def scores(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:
+        mask = self.suppressed(scores, row)  # (B, H)
+        if row.step == 0:
+            self._suppressed[row.layer] = mask.cpu()
+        factor = torch.where(mask, self.gamma, 1.0).to(scores.dtype)  # (B, H)
+        return scores * factor[:, :, None]
+
+    def report(self) -> dict[str, Any]:
+        """Heads suppressed at the first answer token: per sample, ``{layer: [heads]}``."""
+        if not self._suppressed:
+            return {}
+        batch = next(iter(self._suppressed.values())).shape[0]
+        heads = [
+            {layer: m[b].nonzero().flatten().tolist() for layer, m in sorted(self._suppressed.items())}
+            for b in range(batch)
+        ]
+        self._suppressed = {}
+        return {"heads": heads}
+
+
+@hookimpl
+def register_components(register: Callable[[type], None]) -> None:
+    register(HellingerShiftSelector)
+    register(HeadNormFilter)
