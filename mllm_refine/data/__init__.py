@@ -10,5 +10,7 @@ from mllm_refine.hookspecs import hookimpl
 @hookimpl
 def register_datasets(register: Callable[[str, Callable], None]) -> None:
     from mllm_refine.data.manifest import Manifest
+    from mllm_refine.data.shapes import Shapes
 
     register("manifest", Manifest)
+    register("shapes", Shapes)

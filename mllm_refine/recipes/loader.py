@@ -1,0 +1,174 @@
+"""Recipes: YAML files that name a model, data, decoding settings and a stack of parts.
+
+A recipe is read with ``yaml.safe_load`` only, overridden with ``key=value`` pairs (values parsed
+as YAML scalars or lists), and checked against every component's typed parameters before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mllm_refine.components import KINDS
+from mllm_refine.engine.config import DecodeConfig
+from mllm_refine.engine.parts import ConflictError, Parts
+from mllm_refine.plugin_manager import get_registry
+from mllm_refine.recipes.schema import RecipeError, build_dataclass, suggest
+
+TOP_LEVEL = {
+    "name": "recipe name, written into every prediction",
+    "description": "free text",
+    "model": "path (local folder, registered name or hub id), dtype, device, trust_remote_code",
+    "data": "name (registered dataset, default manifest) and its parameters, e.g. path, limit",
+    "decode": "max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, stop, batch_size, seed",
+    "layer_selector": "one component: {name: ..., <params>}",
+    "head_filters": "list of components",
+    "logit_combiner": "one component",
+    "input_refiners": "list of components",
+    "metric": "registered metric name (default exact_match)",
+}
+MODEL_KEYS = {"path": str, "dtype": str, "device": str, "trust_remote_code": bool}
+SINGLE = ("layer_selector", "logit_combiner")
+MULTI = ("head_filters", "input_refiners")
+KIND_OF = {"layer_selector": "layer_selector", "logit_combiner": "logit_combiner",
+           "head_filters": "head_filter", "input_refiners": "input_refiner"}  # fmt: skip
+
+
+@dataclass
+class Recipe:
+    """A checked recipe: its source, resolved mapping, parts and decoding settings."""
+
+    source: str
+    raw: dict[str, Any]
+    parts: Parts
+    decode: DecodeConfig
+    name: str = "recipe"
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metric: str = "exact_match"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.0.c=1.5"`` -> (["a", "b", "0", "c"], 1.5); the value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected key=value")
+    key, value = text.split("=", 1)
+    if not key:
+        raise RecipeError(f"override {text!r}: empty key")
+    return key.split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node: Any = raw
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override {text!r}: no item {part} in {'.'.join(path[:i]) or 'recipe'}")
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(f"override {text!r}: no item {last}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{p}{line}: not a valid recipe YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{p}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def _component(kind: str, spec: Any, where: str):
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise RecipeError(f"{where}: expected {{name: ..., <params>}}")
+    registry = get_registry()
+    names = registry.names(kind)
+    if spec["name"] not in names:
+        raise RecipeError(
+            f"{where}.name: unknown {kind.replace('_', ' ')} {spec['name']!r}{suggest(str(spec['name']), names)}; "
+            f"choices: {', '.join(names) or 'none installed'}"
+        )
+    cls = registry.get(kind, spec["name"]).obj
+    return build_dataclass(cls, spec, where, skip=("name",))
+
+
+def build(raw: dict[str, Any], source: str) -> Recipe:
+    """Check a recipe mapping and build its parts; errors name ``source`` and the key."""
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise RecipeError(f"{source}: {key}: unknown key{suggest(key, list(TOP_LEVEL))}; valid: {', '.join(TOP_LEVEL)}")
+    parts = Parts()
+    for key in SINGLE:
+        if raw.get(key) is not None:
+            setattr(parts, key, _component(KIND_OF[key], raw[key], f"{source}: {key}"))
+    for key in MULTI:
+        specs = raw.get(key) or []
+        if not isinstance(specs, list):
+            raise RecipeError(f"{source}: {key}: expected a list of components")
+        setattr(parts, key, [_component(KIND_OF[key], s, f"{source}: {key}[{i}]") for i, s in enumerate(specs)])
+    try:
+        parts.check()
+    except ConflictError as e:
+        raise RecipeError(f"{source}: {e}") from e
+    decode_raw = raw.get("decode") or {}
+    if not isinstance(decode_raw, dict):
+        raise RecipeError(f"{source}: decode: expected a mapping")
+    decode = build_dataclass(DecodeConfig, decode_raw, f"{source}: decode")
+    try:
+        decode.validate()
+    except ValueError as e:
+        raise RecipeError(f"{source}: decode.{e}") from e
+    model = dict(raw.get("model") or {})
+    for key, value in model.items():
+        if key not in MODEL_KEYS:
+            raise RecipeError(f"{source}: model.{key}: unknown key{suggest(key, list(MODEL_KEYS))}; valid: {', '.join(MODEL_KEYS)}")
+        if not isinstance(value, MODEL_KEYS[key]):
+            raise RecipeError(f"{source}: model.{key}: expected {MODEL_KEYS[key].__name__}, got {value!r}")
+    if "path" not in model:
+        raise RecipeError(f"{source}: model.path: missing (a local checkpoint folder, a registered model name or a hub id)")
+    data = dict(raw.get("data") or {})
+    return Recipe(
+        source=source,
+        raw=raw,
+        parts=parts,
+        decode=decode,
+        name=str(raw.get("name") or Path(source).stem),
+        model=model,
+        data=data,
+        metric=str(raw.get("metric") or "exact_match"),
+    )
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and check a recipe file."""
+    raw = copy.deepcopy(read_yaml(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value, text)
+    return build(raw, str(path))
+
+
+__all__ = ["KINDS", "Recipe", "RecipeError", "build", "load_recipe", "parse_override"]

@@ -1,0 +1,116 @@
+"""Probes capture only what was declared, in linear memory, and match an eager reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mllm_refine.components import LayerSelector, LogitCombiner, Needs
+from mllm_refine.engine import DecodeConfig, Decoder, Parts
+from mllm_refine.testing.tiny_models import tiny_llava
+
+
+class Recorder(LayerSelector):
+    """Declares attention at some blocks and hidden states at others; keeps what it saw."""
+
+    name = "recorder"
+
+    def __init__(self, attention: set[int], hidden: set[int]):
+        self.attention, self.hidden = attention, hidden
+        self.seen: list[dict] = []
+
+    def candidates(self) -> list[int]:
+        return sorted(self.hidden)
+
+    def needs(self) -> Needs:
+        return Needs(attention=frozenset(self.attention), hidden=frozenset(self.hidden))
+
+    def select(self, view):
+        self.seen.append(
+            {
+                "attention": dict(view.capture.attention),
+                "renormalised": {l: view.attention(l) for l in self.attention},
+                "hidden": dict(view.capture.hidden),
+                "lens": {l: view.lens(l) for l in self.hidden},
+                "logits": view.logits,
+                "image_mask": view.image_mask,
+            }
+        )
+        return torch.full((view.logits.shape[0],), -1)
+
+
+class Passthrough(LogitCombiner):
+    name = "passthrough"
+
+    def combine(self, view, layer):
+        return view.logits
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return tiny_llava()
+
+
+def _run(llava, samples, attention, hidden):
+    model, processor = llava
+    rec = Recorder(attention, hidden)
+    decoder = Decoder(model, processor, Parts(layer_selector=rec, logit_combiner=Passthrough()), DecodeConfig(max_new_tokens=3))
+    preds = decoder.generate(samples)
+    return model, decoder, rec, preds
+
+
+def test_probes_hold_only_declared_slices(llava, samples):
+    model, decoder, rec, _ = _run(llava, samples, attention={2, 5}, hidden={3, 6})
+    B, H, I = len(samples), model.config.text_config.num_attention_heads, 16
+    D = model.config.text_config.hidden_size
+    for step in rec.seen:
+        assert set(step["attention"]) == {2, 5} and set(step["hidden"]) == {3, 6}
+        for a in step["attention"].values():
+            assert a.shape == (B, H, I)  # never (B, H, T, T)
+        for h in step["hidden"].values():
+            assert h.shape == (B, D)
+    assert model.config.text_config._attn_implementation == "mllm_refine"
+    assert not model.config.text_config.output_attentions
+
+
+def test_vanilla_captures_nothing(llava, samples):
+    model, processor = llava
+    from mllm_refine.engine.capture import Capture
+
+    decoder = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=2))
+    assert decoder.needs.empty
+    decoder.generate(samples)
+    for layer in decoder.adapter.decoder_layers:
+        assert not hasattr(layer.self_attn, "_mllm_refine_capture")
+        assert not layer._forward_hooks and not layer._forward_pre_hooks
+    assert Capture  # imported for the attribute name's owner
+
+
+def test_attention_rows_are_distributions(llava, samples):
+    _, _, rec, _ = _run(llava, samples, attention={1, 6}, hidden={6})
+    for step in rec.seen:
+        for layer, raw in step["attention"].items():
+            mass = raw.sum(-1)  # (B, H): share of the row on image tokens
+            assert (mass > 0).all() and (mass <= 1 + 1e-5).all()
+            torch.testing.assert_close(step["renormalised"][layer].sum(-1), torch.ones_like(mass))
+
+
+def test_attention_row_matches_eager_reference(llava, samples):
+    """The probed row equals eager attention's last row gathered at the image tokens."""
+    model, decoder, rec, _ = _run(llava, samples[:1], attention={3}, hidden={6})
+    inputs = decoder.adapter.prepare(samples[:1])
+    model.config.text_config._attn_implementation = "eager"
+    try:
+        out = model(**inputs, output_attentions=True)
+    finally:
+        model.config.text_config._attn_implementation = "mllm_refine"
+    eager = out.attentions[2][:, :, -1, :]  # block 3: (B, H, T)
+    image = decoder.adapter.image_keys(inputs["input_ids"])[0]
+    torch.testing.assert_close(rec.seen[0]["attention"][3][0], eager[0][:, image], atol=1e-5, rtol=1e-4)
+
+
+def test_lens_of_last_block_is_final_logits(llava, samples):
+    L = 6
+    _, _, rec, _ = _run(llava, samples, attention=set(), hidden={L})
+    for step in rec.seen:
+        torch.testing.assert_close(step["lens"][L], step["logits"], atol=1e-4, rtol=1e-4)

@@ -1,0 +1,32 @@
+"""A regular (non-editable) install ships the core and the built-in plugins under their own names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pip_install_lists_dualpd(tmp_path):
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "--target", str(target), str(ROOT)],
+        capture_output=True, text=True, env={**os.environ, "PIP_NO_CACHE_DIR": "1"},
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    assert (target / "mllm_refine_plugins" / "dualpd.py").is_file()
+    assert not (target / "plugins").exists()  # no bare top-level `plugins` package
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import mllm_refine_plugins, mllm_refine.cli as c;"
+        "assert mllm_refine_plugins.__file__.startswith(sys.argv[1]), mllm_refine_plugins.__file__;"
+        "sys.exit(c.main(['plugins']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLLM_REFINE_PLUGINS", "MLLM_REFINE_BLOCK_PLUGINS")}
+    listing = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "hellinger_shift" in listing.stdout and "head_norm_filter" in listing.stdout
