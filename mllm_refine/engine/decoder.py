@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from mllm_refine.adapters import adapter_for
 from mllm_refine.data.sample import Sample
@@ -20,6 +20,7 @@ from mllm_refine.engine.capture import Capture, use_refine_attention
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import Parts
 from mllm_refine.engine.processor import RefineProcessor
+from mllm_refine.engine.stopping import StopOnStrings
 
 # Explicit neutral values: generate would otherwise fill unset fields from the checkpoint's
 # generation_config, and warpers must run after the parts, inside RefineProcessor.
@@ -69,7 +70,6 @@ class Decoder:
             do_sample=self.config.do_sample,
             eos_token_id=eos,
             pad_token_id=pad,
-            stop_strings=self.config.stop or None,
             **_NEUTRAL,
             **(_NEUTRAL_SAMPLING if self.config.do_sample else {}),
         )
@@ -92,14 +92,18 @@ class Decoder:
         gc = self.generation_config()
         if self.config.do_sample:
             torch.manual_seed(_batch_seed(self.config.seed, [s.id for s in samples]))
+        prompt_length = inputs["input_ids"].shape[1]
+        stopping = StoppingCriteriaList()
+        if self.config.stop:
+            stopping.append(StopOnStrings(self.tokenizer, self.config.stop, prompt_length))
         with capture.installed():
             out = self.model.generate(
                 **inputs,
                 generation_config=gc,
                 logits_processor=LogitsProcessorList([processor]),
-                tokenizer=self.tokenizer if self.config.stop else None,
+                stopping_criteria=stopping,
             )
-        new = out[:, inputs["input_ids"].shape[1] :].tolist()  # (B, N)
+        new = out[:, prompt_length:].tolist()  # (B, N)
         reports = {p.name: p.report() for p in self.parts.components()}
         return [self._prediction(b, s, new[b], processor, reports, gc) for b, s in enumerate(samples)]
 

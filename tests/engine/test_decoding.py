@@ -1,0 +1,48 @@
+"""Stop strings, max tokens, repetition penalty and seeded sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+from mllm_refine.engine import DecodeConfig, Decoder, Parts
+from mllm_refine.testing.tiny_models import tiny_llava
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return tiny_llava()
+
+
+def test_max_new_tokens_and_stop_strings(llava, samples):
+    model, processor = llava
+    full = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=8)).generate(samples[:1])[0]
+    assert len(full.tokens) == 8
+    words = full.prediction.split()
+    stop = words[3]
+    stopped = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=8, stop=[stop])).generate(samples[:1])[0]
+    assert stopped.prediction == full.prediction.split(stop)[0].strip()
+    assert len(stopped.tokens) < 8
+
+
+def test_repetition_penalty_matches_generate(llava, samples):
+    model, processor = llava
+    decoder = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=8, repetition_penalty=1.5))
+    inputs = decoder.adapter.prepare(samples)
+    ref = model.generate(**inputs, do_sample=False, max_new_tokens=8, repetition_penalty=1.5,
+                         suppress_tokens=decoder.adapter.image_token_ids)  # fmt: skip
+    ref_new = ref[:, inputs["input_ids"].shape[1] :].tolist()
+    assert [p.tokens for p in decoder.generate(samples)] == ref_new
+    plain = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=8)).generate(samples)
+    assert [p.tokens for p in plain] != ref_new
+
+
+def test_sampling_is_seeded(llava, samples):
+    model, processor = llava
+    cfg = dict(max_new_tokens=8, do_sample=True, temperature=1.5, top_k=20, top_p=0.95)
+    a = Decoder(model, processor, Parts(), DecodeConfig(seed=1, **cfg)).generate(samples)
+    b = Decoder(model, processor, Parts(), DecodeConfig(seed=1, **cfg)).generate(samples)
+    c = Decoder(model, processor, Parts(), DecodeConfig(seed=2, **cfg)).generate(samples)
+    greedy = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=8)).generate(samples)
+    assert [p.tokens for p in a] == [p.tokens for p in b]
+    assert [p.tokens for p in a] != [p.tokens for p in c]
+    assert [p.tokens for p in a] != [p.tokens for p in greedy]
