@@ -8,9 +8,17 @@ from torch import nn
 
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.adapters.llava import LlavaAdapter
+from mllm_refine.adapters.llava_next import LlavaNextAdapter
+from mllm_refine.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from mllm_refine.hookspecs import hookimpl
 
-BUILTIN_ADAPTERS: list[type[ModelAdapter]] = [LlavaAdapter]
+BUILTIN_ADAPTERS: list[type[ModelAdapter]] = [
+    LlavaAdapter,
+    LlavaNextAdapter,
+    Qwen2VLAdapter,
+    Qwen2_5_VLAdapter,
+    Qwen3VLAdapter,
+]
 
 
 @hookimpl
@@ -40,4 +48,14 @@ def adapter_for(model: nn.Module, processor: Any) -> ModelAdapter:
     )
 
 
-__all__ = ["ModelAdapter", "LlavaAdapter", "UnsupportedModelError", "adapter_for", "BUILTIN_ADAPTERS"]
+__all__ = [
+    "ModelAdapter",
+    "LlavaAdapter",
+    "LlavaNextAdapter",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
+    "UnsupportedModelError",
+    "adapter_for",
+    "BUILTIN_ADAPTERS",
+]

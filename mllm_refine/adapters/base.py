@@ -5,7 +5,7 @@ Methods never name a model class; they talk to the adapter.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     model_classes: ClassVar[tuple[str, ...]] = ()  # for error messages and docs
     image_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id",)
+    # Per grid of one image, in order: extra tokens that end each of its rows (LLaVA-NeXT's newline).
+    row_end_tokens: ClassVar[tuple[int, ...]] = (0,)
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
@@ -83,6 +85,40 @@ class ModelAdapter:
         """``(B, T)`` bool: prompt positions that hold image tokens."""
         ids = torch.tensor(self.image_token_ids, device=input_ids.device)
         return torch.isin(input_ids, ids)
+
+    # --- image grids ----------------------------------------------------------------------
+    def image_grid(self, inputs: Mapping[str, torch.Tensor]) -> list[list[tuple[int, int]]]:
+        """Per sample, the ``(rows, cols)`` grid of each block of its image tokens, in token order.
+
+        ``inputs`` is a batch from ``prepare``. Each image gives ``len(row_end_tokens)`` grids, and
+        a sample's image tokens (see ``image_keys``) run through its images' grids one after
+        another. A grid is filled row-major; the j-th grid of a sample has
+        ``n = row_end_tokens[j % len(row_end_tokens)]`` extra tokens (not cells) after each row,
+        so grid ``(r, c)`` spans ``r * (c + n)`` tokens. The families' docstrings say what the
+        grids are.
+        """
+        per_image = self.grids_of_images(inputs)  # batch images in order -> their grids
+        tokens = [sum(r * (c + n) for (r, c), n in zip(grids, self.row_end_tokens)) for grids in per_image]
+        counts = self.image_keys(inputs["input_ids"]).sum(1).tolist()  # (B,) image tokens per sample
+        out, i = [], 0
+        for b, count in enumerate(counts):
+            grids: list[tuple[int, int]] = []
+            while count > 0 and i < len(per_image):
+                grids += per_image[i]
+                count -= tokens[i]
+                i += 1
+            if count != 0:
+                raise ValueError(f"sample {b}: its image tokens do not add up to whole images of the batch")
+            out.append(grids)
+        if i != len(per_image):
+            raise ValueError(f"{len(per_image) - i} image(s) of the batch have no image tokens in the prompts")
+        return out
+
+    def grids_of_images(self, inputs: Mapping[str, torch.Tensor]) -> list[list[tuple[int, int]]]:
+        """For each image of the batch, in order, its grids (the per-family part of ``image_grid``)."""
+        raise NotImplementedError(
+            f"adapter {self.name!r} does not describe its image-token grid: implement grids_of_images"
+        )
 
     # --- inputs ----------------------------------------------------------------------------
     def prompt(self, sample: Sample) -> str:

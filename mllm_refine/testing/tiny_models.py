@@ -11,18 +11,20 @@ from typing import Any, Callable
 import torch
 from transformers import (
     CLIPImageProcessorPil,
-    CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
     LlavaProcessor,
 )
 
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.testing.tiny_common import INIT_RANGE, clip_vision_config, text_config
+from mllm_refine.testing.tiny_qwen import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer
-
-# Large init keeps logit gaps wide, so greedy choices are stable under float reordering.
-INIT_RANGE = 0.2
 
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
@@ -32,44 +34,17 @@ LLAVA_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-
-def _text_config(vocab_size: int, pad_id: int, **overrides: Any) -> dict[str, Any]:
-    cfg = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=INIT_RANGE,
-        pad_token_id=pad_id,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    cfg.update(overrides)
-    return cfg
+# LLaVA-NeXT "anyres" resolutions (height, width): 1 x 1, 1 x 2, 2 x 1 and 2 x 2 tiles of 32 px.
+NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 
 def tiny_llava(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, Any]:
     """LLaVA-1.5 layout: CLIP ViT (32 px, patch 8 -> 16 image tokens), MLP projector, Llama."""
     tok = tiny_tokenizer(["<image>"])
-    image_token_id = tok.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=32,
-        initializer_range=INIT_RANGE,
-    )
     config = LlavaConfig(
-        vision_config=vision.to_dict(),
-        text_config=LlamaConfig(**_text_config(len(tok), tok.pad_token_id)).to_dict(),
-        image_token_id=image_token_id,
+        vision_config=clip_vision_config().to_dict(),
+        text_config=LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -92,8 +67,45 @@ def tiny_llava(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[Llava
     return model, processor
 
 
+def tiny_llava_next(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[LlavaNextForConditionalGeneration, Any]:
+    """LLaVA-NeXT layout: LLaVA's towers plus anyres tiles of 32 px (up to 2 x 2) and image_newline.
+
+    An image gives a 4 x 4 base grid plus its unpadded tiles and newlines: 36..88 image tokens.
+    """
+    tok = tiny_tokenizer(["<image>"])
+    config = LlavaNextConfig(
+        vision_config=clip_vision_config().to_dict(),
+        text_config=LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=NEXT_PINPOINTS
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    return model, processor
+
+
 TINY_MODELS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "tiny-llava": tiny_llava,
+    "tiny-llava-next": tiny_llava_next,
+    "tiny-qwen2-vl": tiny_qwen2_vl,
+    "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
+    "tiny-qwen3-vl": tiny_qwen3_vl,
 }
 
 
@@ -101,3 +113,15 @@ TINY_MODELS: dict[str, Callable[..., tuple[Any, Any]]] = {
 def register_models(register: Callable[[str, Callable], None]) -> None:
     for name, factory in TINY_MODELS.items():
         register(name, factory)
+
+
+__all__ = [
+    "INIT_RANGE",
+    "LLAVA_TEMPLATE",
+    "TINY_MODELS",
+    "tiny_llava",
+    "tiny_llava_next",
+    "tiny_qwen2_vl",
+    "tiny_qwen2_5_vl",
+    "tiny_qwen3_vl",
+]
