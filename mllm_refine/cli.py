@@ -1,8 +1,11 @@
 """The ``mllm-refine`` command.
 
   mllm-refine run RECIPE [--output DIR] [key=value ...]   decode a dataset with a recipe
+  mllm-refine compare RUN_DIR ... [--baseline DIR]        score table with bootstrap CIs
+  mllm-refine inspect RECIPE --image P --question Q       plots and a page of what the model sees
   mllm-refine plugins                                     list every registered part
-  mllm-refine recipe show RECIPE [key=value ...]          print the resolved recipe
+  mllm-refine recipe show RECIPE [key=value ...]          print the resolved recipe, with origins
+  mllm-refine recipe reference [--output FILE]            every component's parameters as Markdown
 
 Exit codes: 0 success; 2 bad recipe, model or usage (one line on stderr); 3 the run finished
 but some samples failed (each has an ``error`` in predictions.jsonl).
@@ -20,20 +23,32 @@ from mllm_refine import __version__
 
 
 def cmd_run(recipe: str, overrides: list[str], output: str | None, fail_fast: bool, threads: int) -> int:
-    """Run RECIPE over its data; write predictions.jsonl, scores.json and summary.json."""
+    """Run RECIPE over its data (each stack of a sweep into its own folder); write
+    predictions.jsonl, scores.json, summary.json and recipe.yaml."""
     import torch
 
     from mllm_refine.recipes import load_recipe
-    from mllm_refine.run import run_recipe
+    from mllm_refine.run import run_sweep
 
     torch.set_num_threads(threads)
     r = load_recipe(recipe, overrides)
-    out = Path(output) if output else Path("runs") / r.name
-    s = run_recipe(r, out, fail_fast=fail_fast, log=lambda m: print(m, file=sys.stderr))
-    score = "n/a (no reference answers)" if s.score is None else f"{s.score:.4f}"
-    print(f"{r.name}: {s.metric} = {score}  ({s.total} samples, {s.written} decoded, {s.skipped} resumed, "
-          f"{s.failed} failed, {s.fallbacks} fallback steps, {s.tokens_per_second} tokens/s) -> {s.output}")  # fmt: skip
-    return 3 if s.failed else 0
+    summaries = run_sweep(r, output, fail_fast=fail_fast, log=lambda m: print(m, file=sys.stderr))
+    for s in summaries:  # empty on ranks other than 0
+        score = "n/a (no reference answers)" if s.score is None else f"{s.score:.4f}"
+        print(f"{s.recipe}: {s.metric} = {score}  ({s.total} samples, {s.written} decoded, {s.skipped} resumed, "
+              f"{s.failed} failed, {s.fallbacks} fallback steps, {s.tokens_per_second} tokens/s) -> {s.output}")  # fmt: skip
+    return 3 if any(s.failed for s in summaries) else 0
+
+
+def cmd_compare(runs: list[str], baseline: list[str], output: str | None, resamples: int, seed: int) -> int:
+    """Compare run folders: a Markdown table of scores per recipe and benchmark, with each
+    delta to the vanilla run and its paired bootstrap 95% confidence interval."""
+    from mllm_refine.compare import compare
+
+    table, path = compare(runs, baseline, output, resamples, seed)
+    print(table, end="")
+    print(f"-> {path}", file=sys.stderr)
+    return 0
 
 
 def cmd_plugins() -> int:
@@ -44,7 +59,8 @@ def cmd_plugins() -> int:
     rows = [("KIND", "NAME", "PLUGIN", "DISTRIBUTION", "SUMMARY")]
     for e in entries:
         doc = (getattr(e.obj, "__doc__", None) or "").strip().splitlines()
-        rows.append((e.kind, e.name, e.plugin, e.distribution, doc[0] if doc else ""))
+        summary = str(e.obj) if e.kind == "recipe" else (doc[0] if doc else "")  # a recipe is a file
+        rows.append((e.kind, e.name, e.plugin, e.distribution, summary))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
@@ -52,11 +68,43 @@ def cmd_plugins() -> int:
 
 
 def cmd_recipe_show(recipe: str, overrides: list[str]) -> int:
-    """Print RECIPE with overrides applied, after checking it."""
+    """Print RECIPE (a file or a recipe name) fully resolved: what it extends merged in and the
+    overrides applied, after checking it; a comment after each value says where it was set."""
     from mllm_refine.recipes import load_recipe
+    from mllm_refine.recipes.show import render
 
     r = load_recipe(recipe, overrides)
-    print(yaml.safe_dump(r.raw, sort_keys=False), end="")
+    print(render(r.raw, r.origins), end="")
+    return 0
+
+
+def cmd_recipe_reference(output: str | None, everything: bool) -> int:
+    """Write the reference of every component's parameters (types, defaults, descriptions) as
+    Markdown, generated from the code."""
+    from mllm_refine.recipes.reference import write
+
+    return write(output, everything)
+
+
+def cmd_inspect(
+    recipe: str, overrides: list[str], image: str | None, question: str | None, sample_id: str | None,
+    output: str | None, all_tokens: bool, threads: int,
+) -> int:
+    """Inspect one sample under vanilla and RECIPE: attention maps, attention shift, head scores,
+    logit lens and crops as PNG + JSON, side by side in a self-contained index.html."""
+    import torch
+
+    from mllm_refine.recipes import load_recipe
+    from mllm_refine.viz.inspector import inspect_recipe, load_sample
+    from mllm_refine.viz.plots import require_matplotlib
+
+    require_matplotlib()
+    torch.set_num_threads(threads)
+    r = load_recipe(recipe, overrides)
+    sample = load_sample(r, image, question, sample_id)
+    out = Path(output) if output else Path("runs") / r.name / "inspect"
+    page = inspect_recipe(r, sample, out, all_tokens, log=lambda m: print(m, file=sys.stderr))
+    print(page)
     return 0
 
 
@@ -75,12 +123,33 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", help="run folder (default: runs/<recipe name>); a rerun resumes")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    cmp = sub.add_parser("compare", help=cmd_compare.__doc__.split(":")[0], description=cmd_compare.__doc__)
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each with predictions.jsonl and recipe.yaml)")
+    cmp.add_argument("--baseline", action="append", default=[], metavar="DIR",
+                     help="baseline run (default: the run whose recipe has no parts); once per benchmark")  # fmt: skip
+    cmp.add_argument("--output", "-o", help="Markdown file to write (default: compare.md next to the first run)")
+    cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     sub.add_parser("plugins", help=cmd_plugins.__doc__, description=cmd_plugins.__doc__)
+    ins = sub.add_parser("inspect", help=cmd_inspect.__doc__.split(":")[0], description=cmd_inspect.__doc__)
+    ins.add_argument("recipe", help="recipe YAML file")
+    ins.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key")
+    ins.set_defaults(overrides=[])
+    ins.add_argument("--image", help="picture to ask about")
+    ins.add_argument("--question", help="question about the picture (with --id: replaces the sample's)")
+    ins.add_argument("--id", dest="sample_id", metavar="ID", help="a sample of the recipe's data instead of --image")
+    ins.add_argument("--output", "-o", help="folder (default: runs/<recipe name>/inspect)")
+    ins.add_argument("--all-tokens", action="store_true", help="every answer token, not only the first")
+    ins.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     recipe = sub.add_parser("recipe", help="recipe tools")
     rsub = recipe.add_subparsers(dest="recipe_command", required=True)
     show = rsub.add_parser("show", help=cmd_recipe_show.__doc__, description=cmd_recipe_show.__doc__)
-    show.add_argument("recipe")
+    show.add_argument("recipe", help="recipe YAML file or recipe name")
     show.add_argument("overrides", nargs="*", metavar="key=value")
+    ref = rsub.add_parser("reference", help=cmd_recipe_reference.__doc__.split(" as ")[0],
+                          description=cmd_recipe_reference.__doc__)  # fmt: skip
+    ref.add_argument("--output", "-o", help="Markdown file to write (default: stdout), e.g. docs/reference/components.md")
+    ref.add_argument("--all", action="store_true", help="every installed plugin's components, not only mllm-refine's")
     return p
 
 
@@ -93,14 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)
     # Overrides may come after options (`run R --output D a.b=1`); anything else is a usage error.
     unknown = [a for a in extra if "=" not in a or a.startswith("-")]
-    if unknown or (extra and args.command == "plugins"):
+    if unknown or (extra and args.command in ("plugins", "compare")):
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
     try:
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides, args.output, args.fail_fast, args.threads)
+        if args.command == "compare":
+            return cmd_compare(args.runs, args.baseline, args.output, args.resamples, args.seed)
+        if args.command == "inspect":
+            return cmd_inspect(args.recipe, args.overrides, args.image, args.question, args.sample_id,
+                               args.output, args.all_tokens, args.threads)  # fmt: skip
         if args.command == "plugins":
             return cmd_plugins()
+        if args.recipe_command == "reference":
+            if extra:
+                p.error(f"unrecognized arguments: {' '.join(extra)}")
+            return cmd_recipe_reference(args.output, args.all)
         return cmd_recipe_show(args.recipe, args.overrides)
     except (RecipeError, ModelLoadError, PluginError, FileNotFoundError, ValueError) as e:
         print(f"mllm-refine: error: {e}", file=sys.stderr)

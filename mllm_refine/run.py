@@ -1,37 +1,38 @@
-"""Run a recipe over a dataset: predictions as JSONL (written as they finish), then scores.
+"""Run a recipe over a dataset through Lightning's predict loop, then merge and score.
 
-A rerun into the same folder resumes: ids already in ``predictions.jsonl`` are skipped, and a
-torn last line (a run killed mid-write) is dropped first. A sample that fails gets a record
-with ``error`` set to one line; the job goes on.
+Every rank appends records to its own shard (``shards/rank-NNNNN.jsonl``) as batches finish;
+rank 0 merges them into ``predictions.jsonl`` (each sample id exactly once) and writes
+``scores.json``, ``summary.json`` and the resolved ``recipe.yaml``. A rerun into the same folder
+resumes: ids already in a shard are skipped. A sample that fails gets a record with ``error``
+set to one line; the job goes on.
 """
 
 from __future__ import annotations
 
-import inspect
+import copy
 import json
-import os
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
-import torch
 import yaml
 
-from mllm_refine.data.sample import Sample
-from mllm_refine.engine.decoder import Decoder, Prediction
-from mllm_refine.models import check_model_path, load_model
+from mllm_refine.lightning.data import RecipeData, build_dataset
+from mllm_refine.lightning.shards import PREDICTIONS, merge
+from mllm_refine.lightning.trainer import trainer_config
+from mllm_refine.models import check_model_path
 from mllm_refine.plugin_manager import get_registry
-from mllm_refine.recipes.loader import Recipe
+from mllm_refine.recipes.loader import Recipe, build
 from mllm_refine.recipes.schema import RecipeError, suggest
 
-PREDICTIONS = "predictions.jsonl"
+__all__ = ["PREDICTIONS", "RunSummary", "build_dataset", "run_recipe", "run_sweep", "sweep_recipes", "write_scores"]
 
 
 @dataclass
 class RunSummary:
     output: str
+    recipe: str
     total: int
     written: int
     skipped: int
@@ -40,142 +41,174 @@ class RunSummary:
     score: float | None
     metric: str
     seconds: float
+    tokens: int
     tokens_per_second: float
+    seed: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def build_dataset(data: dict[str, Any], source: str = "recipe") -> Any:
-    params = dict(data)
-    name = params.pop("name", "manifest")
-    registry = get_registry()
-    names = registry.names("dataset")
+def metric_name(recipe: Recipe, dataset: Any) -> str:
+    """The recipe's ``metric:``, else the dataset's suggestion, else exact match; checked."""
+    name = recipe.raw.get("metric") or getattr(dataset, "default_metric", None) or "exact_match"
+    names = get_registry().names("metric")
     if name not in names:
-        raise RecipeError(f"{source}: data.name: unknown dataset {name!r}{suggest(name, names)}; choices: {', '.join(names)}")
-    factory = registry.get("dataset", name).obj
-    accepted = inspect.signature(factory).parameters
-    for key in params:
-        if key not in accepted:
-            raise RecipeError(f"{source}: data.{key}: unknown parameter of dataset {name!r}{suggest(key, list(accepted))}")
-    return factory(**params)
+        raise RecipeError(
+            f"{recipe.source}: metric: unknown metric {name!r}{suggest(str(name), names)}; choices: {', '.join(names)}"
+        )
+    return str(name)
 
 
-def read_done(path: Path) -> set[str]:
-    """Ids already written; a torn last line is cut off the file."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep < len(data):
-        with path.open("r+b") as f:
-            f.truncate(keep)
-    done = set()
-    for line in data[:keep].splitlines():
-        if line.strip():
-            done.add(json.loads(line)["id"])
-    return done
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _record(pred: Prediction, recipe: str) -> dict[str, Any]:
-    out = asdict(pred)
-    out["recipe"] = recipe
-    out["error"] = None
-    return out
+def run_recipe(
+    recipe: Recipe,
+    output: str | Path,
+    fail_fast: bool = False,
+    log: Callable[[str], None] = print,
+    models: dict[str, Any] | None = None,
+) -> RunSummary | None:
+    """Decode ``recipe``'s data into ``output``; returns the summary on rank 0, None elsewhere.
+    ``models`` caches loaded ``(model, processor)`` pairs across the runs of a sweep."""
+    from mllm_refine.lightning.module import RefineModule
+    from mllm_refine.lightning.provenance import device_info, git_state, versions
+    from mllm_refine.lightning.trainer import make_trainer, quiet_lightning
+    from mllm_refine.lightning.writer import ShardWriter
 
-
-def _error(sample_id: str, question: str | None, message: str, recipe: str) -> dict[str, Any]:
-    first = message.strip().splitlines()[0] if message.strip() else "error"
-    return {"id": sample_id, "question": question, "prediction": None, "recipe": recipe, "error": first}
-
-
-def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(indices), size):
-        yield indices[i : i + size]
-
-
-def _sample_id(dataset: Any, index: int) -> str:
-    return dataset.sample_id(index) if hasattr(dataset, "sample_id") else str(index)
-
-
-def run_recipe(recipe: Recipe, output: str | Path, fail_fast: bool = False, log=print) -> RunSummary:
-    """Run ``recipe``, append to ``output/predictions.jsonl`` and write ``scores.json``."""
     check_model_path(recipe.model["path"])
-    dataset = build_dataset(recipe.data, recipe.source)
+    cfg = trainer_config(recipe.raw, recipe.source)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    pred_path = out / PREDICTIONS
-    done = read_done(pred_path)
-    todo = [i for i in range(len(dataset)) if _sample_id(dataset, i) not in done]
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
-    log(f"{recipe.name}: {len(dataset)} samples, {len(done)} already done, {len(todo)} to run -> {out}")
-    start, tokens, failed, fallbacks = time.perf_counter(), 0, 0, 0
-    if todo:
-        model, processor = load_model(**recipe.model)
-        decoder = Decoder(model, processor, recipe.parts, recipe.decode)
-        with pred_path.open("a", encoding="utf-8") as f:
-
-            def write(rec: dict[str, Any]) -> None:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-            for batch in _batches(todo, recipe.decode.batch_size):
-                samples: list[Sample] = []
-                for i in batch:
-                    try:
-                        samples.append(dataset[i])
-                    except Exception as e:
-                        if fail_fast:
-                            raise
-                        failed += 1
-                        write(_error(_sample_id(dataset, i), None, f"{type(e).__name__}: {e}", recipe.name))
-                for rec in _decode(decoder, samples, recipe.name, fail_fast):
-                    failed += rec["error"] is not None
-                    fallbacks += rec.get("fallbacks") or 0
-                    tokens += len(rec.get("tokens") or [])
-                    write(rec)
-                f.flush()
-                os.fsync(f.fileno())
-    seconds = time.perf_counter() - start
-    score = write_scores(out, recipe.metric)
+    data = RecipeData(recipe.data, out, recipe.decode.batch_size, cfg.num_workers, recipe.source)
+    metric = metric_name(recipe, data.dataset)
+    rank0 = _is_rank_zero()
+    if rank0:
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+        done = len(data.ids) - len(data.todo)
+        log(f"{recipe.name}: {len(data.ids)} samples, {done} already done, {len(data.todo)} to run -> {out}")
+    quiet_lightning()
+    trainer = make_trainer(cfg, out, [ShardWriter(out)])
+    models = {} if models is None else models
+    key = json.dumps(recipe.model, sort_keys=True)
+    module = RefineModule(recipe, fail_fast, loaded=models.get(key))
+    start = time.perf_counter()
+    if data.todo:
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        models[key] = module.loaded
+        # Rank 0 merges next: wait until every rank has closed its shard (ranks whose share was
+        # empty never ran the predict hooks, so the wait is here rather than in a hook).
+        trainer.strategy.barrier("mllm_refine.shards_written")
+        rank0 = trainer.global_rank == 0
+    if not rank0:
+        return None
+    end = time.perf_counter()
+    seconds, decoding = end - start, end - (module.decode_started or start)
+    records, left_out = merge(out, data.ids)
+    if left_out:
+        log(f"{recipe.name}: {left_out} record(s) in {out / 'shards'} are not in this dataset and were left out of {PREDICTIONS}")
+    new = [r for r in records if str(r["id"]) not in data.done]
+    tokens = sum(len(r.get("tokens") or []) for r in new)
+    scores = write_scores(out, metric, records)
     summary = RunSummary(
-        output=str(out), total=len(dataset), written=len(todo), skipped=len(done), failed=failed,
-        fallbacks=fallbacks, score=score, metric=recipe.metric, seconds=round(seconds, 3),
-        tokens_per_second=round(tokens / seconds, 2) if seconds > 0 else 0.0,
+        output=str(out), recipe=recipe.name, total=len(records), written=len(new), skipped=len(records) - len(new),
+        failed=sum(1 for r in records if r.get("error")), fallbacks=sum(r.get("fallbacks") or 0 for r in new),
+        score=None if scores is None else scores["score"], metric=metric, seconds=round(seconds, 3), tokens=tokens,
+        tokens_per_second=round(tokens / decoding, 2) if data.todo and decoding > 0 else 0.0, seed=recipe.decode.seed,
+        provenance={"versions": versions(), "git": git_state(),
+                    "device": device_info(trainer, module.model) if data.todo else None},
     )  # fmt: skip
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
 
 
-def _decode(decoder: Decoder, samples: list[Sample], recipe: str, fail_fast: bool) -> list[dict[str, Any]]:
-    """Records for a batch; a failing batch is retried one sample at a time."""
-    if not samples:
-        return []
-    try:
-        return [_record(p, recipe) for p in decoder.generate(samples)]
-    except Exception as e:
-        if fail_fast:
-            raise
-        if len(samples) == 1:
-            s = samples[0]
-            return [_error(s.id, s.question, f"{type(e).__name__}: {e}", recipe)]
-        return [rec for s in samples for rec in _decode(decoder, [s], recipe, fail_fast)]
+def _score(metric: Any, preds: list[str], refs: list[list[str]]) -> tuple[float, dict[str, float]]:
+    metric.distributed_available_fn = lambda: False  # rank 0 scores the merged file on its own
+    metric.update(preds, refs)
+    value = metric.compute()
+    if isinstance(value, dict):
+        values = {k: float(v) for k, v in value.items()}
+        primary = getattr(metric, "primary", None) or next(iter(values))
+        return values[primary], values
+    return float(value), {}
 
 
-def write_scores(out: Path, metric: str) -> float | None:
-    """Score every record with references in ``predictions.jsonl``; write ``scores.json``."""
-    preds, refs, errors = [], [], 0
-    with (out / PREDICTIONS).open(encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("error"):
-                errors += 1
-            elif rec.get("answers"):
-                preds.append(rec["prediction"] or "")
-                refs.append(rec["answers"])
-    if not preds:
+def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Score every record with reference answers (error records are counted, not scored) and
+    write ``scores.json``, broken down by ``meta["type"]`` where samples have one."""
+    factory = get_registry().get("metric", metric).obj
+    scored = [r for r in records if not r.get("error") and r.get("answers")]
+    if not scored:
         return None
-    m = get_registry().get("metric", metric).obj()
-    m.update(preds, refs)
-    score = float(m.compute())
-    scores = {"metric": metric, "score": score, "scored": len(preds), "errors": errors}
-    (out / "scores.json").write_text(json.dumps(scores, indent=2))
-    return score
+    score, values = _score(factory(), [r["prediction"] or "" for r in scored], [r["answers"] for r in scored])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in scored:
+        kind = (r.get("meta") or {}).get("type")
+        if kind is not None:
+            groups.setdefault(str(kind), []).append(r)
+    by_type = {
+        kind: {"score": _score(factory(), [r["prediction"] or "" for r in rs], [r["answers"] for r in rs])[0], "n": len(rs)}
+        for kind, rs in sorted(groups.items())
+    }
+    result = {"metric": metric, "score": score, "scored": len(scored), "errors": sum(1 for r in records if r.get("error"))}
+    if values:
+        result["values"] = values
+    if len(by_type) > 1:
+        result["by_type"] = by_type
+    (out / "scores.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
+def _merge_over(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``: mappings merge key by key, anything else (lists included)
+    replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_over(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def sweep_recipes(recipe: Recipe) -> list[Recipe]:
+    """The recipes of ``sweep:`` (each item merged over the base), or ``[recipe]`` without one."""
+    items = recipe.raw.get("sweep")
+    if not items:
+        return [recipe]
+    if not isinstance(items, list):
+        raise RecipeError(f"{recipe.source}: sweep: expected a list of partial recipes")
+    base = {k: v for k, v in recipe.raw.items() if k != "sweep"}
+    recipes, names = [], set()
+    for i, item in enumerate(items):
+        where = f"{recipe.source}: sweep[{i}]"
+        if not isinstance(item, dict):
+            raise RecipeError(f"{where}: expected a mapping (a partial recipe)")
+        if "sweep" in item:
+            raise RecipeError(f"{where}.sweep: a sweep item cannot hold another sweep")
+        raw = _merge_over(base, item)
+        raw["name"] = str(item.get("name") or f"{recipe.name}-{i}")
+        if raw["name"] in names:
+            raise RecipeError(f"{where}.name: {raw['name']!r} is used twice; each run needs its own folder")
+        names.add(raw["name"])
+        recipes.append(build(raw, where))
+    return recipes
+
+
+def run_sweep(
+    recipe: Recipe, output: str | Path | None, fail_fast: bool = False, log: Callable[[str], None] = print
+) -> list[RunSummary]:
+    """Run the recipe, or each item of its sweep into ``output/<item name>`` (default
+    ``runs/<recipe name>[/<item name>]``); one model load serves items that share it."""
+    recipes = sweep_recipes(recipe)
+    swept = len(recipes) > 1 or recipe.raw.get("sweep")
+    root = Path(output) if output else Path("runs") / recipe.name
+    models: dict[str, Any] = {}
+    summaries = []
+    for r in recipes:
+        s = run_recipe(r, root / r.name if swept else root, fail_fast, log, models)
+        if s is not None:
+            summaries.append(s)
+    return summaries

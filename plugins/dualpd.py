@@ -39,6 +39,7 @@ class HellingerShiftSelector(LayerSelector):
     """DualPD basic layer: the block with the largest Hellinger shift of image attention."""
 
     name = "hellinger_shift"
+    noop_params = {}  # a selector changes nothing by itself: checked beside a combiner that ignores it
     layers: list[int] | None = None  # candidate blocks; None: 2 .. L - max(1, L // 8)
 
     def setup(self, info: ModelInfo) -> None:
@@ -72,6 +73,7 @@ class HeadNormFilter(HeadFilter):
     """DualPD head filter: decay pre-softmax scores of the lowest-L2-norm heads by gamma."""
 
     name = "head_norm_filter"
+    noop_params = {"gamma": 1.0}
     ratio: float = 0.15  # share of heads per block to suppress
     gamma: float = 0.9  # multiplier of their pre-softmax scores
     layers: list[int] | None = None  # blocks to act in; None: all

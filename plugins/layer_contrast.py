@@ -29,6 +29,7 @@ class LayerContrastCombiner(LogitCombiner):
     """Contrast the final logits with a selected layer's lens inside a plausibility set."""
 
     name = "layer_contrast"
+    noop_params = {"alpha": 1.0}  # only the top token stays plausible: greedy picks it
     alpha: float = 0.1  # plausibility cutoff relative to the top token; 0 disables
     space: Literal["logits", "log_softmax"] = "logits"
     final_norm: bool = True  # apply the final norm to the early exit (DoLa's own reading: False)

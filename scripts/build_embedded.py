@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--aux-weight", type=float, default=0.5)
     p.add_argument("--type-weights", type=float, nargs=3, default=(0.5, 0.25, 0.25), metavar=("YES_NO", "COLOUR", "SHAPE"))
+    p.add_argument("--init-from", type=Path, default=None, help="assets folder to start from (continues a build)")
+    p.add_argument("--balance-yes-no", action="store_true", help="draw yes and no answers equally often")
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--eval-limit", type=int, default=None, help="test questions to score (default: all 9,673)")
     p.add_argument("--eval-batch", type=int, default=32)
@@ -80,6 +82,13 @@ def build(args: argparse.Namespace) -> dict:
     lora_params = []
     if args.lora_rank > 0:
         lora_params = lora.add_lora(model.model.language_model, spec.LORA_TARGETS, args.lora_rank, args.lora_alpha, args.seed)
+    if args.init_from is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.init_from / asm.VISION_FILE), strict=False)
+        if lora_params:
+            lora.load_lora(model.model.language_model, load_file(args.init_from / asm.LORA_FILE), spec.LORA_TARGETS)
+        log(f"initialised from {args.init_from}")
     log(f"model ready: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
 
     # Every 20th training image is held out for validation during the build.
@@ -96,7 +105,8 @@ def build(args: argparse.Namespace) -> dict:
     if lora_params:
         groups.append({"params": lora_params, "lr": args.lr})
     training.train_llava(
-        model, head, groups, train, val, args.steps, args.batch, tuple(args.type_weights), args.aux_weight, gen, log, args.val_every
+        model, head, groups, train, val, args.steps, args.batch, tuple(args.type_weights), args.aux_weight, gen, log, args.val_every,
+        balance_yes_no=args.balance_yes_no,
     )
     return save_assets(model, processor, config, args)
 
@@ -115,6 +125,9 @@ def save_assets(model, processor, config, args: argparse.Namespace) -> dict:
         save_file(lora.lora_state_dict(model.model.language_model, spec.LORA_TARGETS), out / asm.LORA_FILE)
     config.save_pretrained(out)
     processor.save_pretrained(out)
+    # save_pretrained drops the padding side; generation needs left padding on reload.
+    tok_config = out / "tokenizer_config.json"
+    tok_config.write_text(json.dumps({**json.loads(tok_config.read_text()), "padding_side": "left"}, indent=2) + "\n")
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     log(f"assets written to {out}: {sum(sizes.values()) / 1e6:.1f} MB")
     return sizes

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from mllm_refine.cli import main
@@ -26,13 +27,22 @@ def test_run_writes_predictions_and_scores_then_resumes(tmp_path, capsys):
     scores = json.loads((out / "scores.json").read_text())
     assert scores["scored"] == 5 and 0.0 <= scores["score"] <= 1.0
     assert "exact_match =" in capsys.readouterr().out
-    # A torn last line (killed mid-write) is dropped, then the rerun completes the set once each.
-    with (out / "predictions.jsonl").open("a") as f:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written"] == 5 and summary["tokens"] > 0 and summary["seed"] == 0
+    assert set(summary["provenance"]) == {"versions", "git", "device"}
+    assert summary["provenance"]["versions"]["torch"] and summary["provenance"]["device"]["attention"]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["name"] == "dualpd"
+    # A torn last line in a shard (killed mid-write) is dropped, then the rerun completes the set once each.
+    with (out / "shards" / "rank-00000.jsonl").open("a") as f:
         f.write('{"id": "shapes-0-00005", "predic')
     assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), "data.n=7"]) == 0
     ids = [r["id"] for r in _lines(out / "predictions.jsonl")]
     assert ids == [f"shapes-0-{i:05d}" for i in range(7)]
     assert "2 decoded, 5 resumed" in capsys.readouterr().out
+    # A rerun over fewer samples merges only those.
+    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), "data.n=3"]) == 0
+    assert [r["id"] for r in _lines(out / "predictions.jsonl")] == ids[:3]
+    assert "0 decoded, 3 resumed" in capsys.readouterr().out
 
 
 def test_bad_sample_gets_error_record_and_job_goes_on(tmp_path, capsys):

@@ -73,6 +73,7 @@ class ModelAdapter:
             hidden_size=c.hidden_size,
             vocab_size=self.lm_head.out_features,
             family=self.name,
+            tied_embeddings=self.lm_head.weight is self.model.get_input_embeddings().weight,
         )
 
     # --- image tokens --------------------------------------------------------------------

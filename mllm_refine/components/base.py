@@ -24,6 +24,7 @@ class ModelInfo:
     hidden_size: int  # D
     vocab_size: int  # V
     family: str  # adapter name, e.g. "llava"
+    tied_embeddings: bool = False  # lm_head shares the input embedding's weight (h_0's lens echoes the input)
 
 
 class Component(ABC):
@@ -31,6 +32,10 @@ class Component(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[str]  # set by each interface: "layer_selector", "head_filter", ...
+    # Parameters under which this part leaves greedy tokens exactly as vanilla decoding
+    # (e.g. ``{"gamma": 1.0}``), checked by ``mllm_refine.testing.conformance``; None: not declared.
+    # A LayerSelector is checked beside a combiner that ignores its choice, so ``{}`` fits it.
+    noop_params: ClassVar[dict[str, Any] | None] = None
 
     def setup(self, info: ModelInfo) -> None:
         """Bind to a model; raise ``ValueError("<param>: <reason>")`` on an impossible setting."""
@@ -39,6 +44,10 @@ class Component(ABC):
     def needs(self) -> Needs:
         """What the engine must capture for this part (after ``setup``)."""
         return Needs()
+
+    def conflicts(self, parts: Any) -> str | None:
+        """Why this part cannot work beside the other parts of a recipe (a ``Parts``), or None."""
+        return None
 
     def report(self) -> dict[str, Any]:
         """Per-sample choices of the last request, e.g. ``{"heads": [[...], ...]}`` (lists of length B)."""

@@ -24,6 +24,18 @@ class AttentionRow:
     key_valid: torch.Tensor  # (B, K) bool: keys the row may attend to (padding excluded)
     image_keys: torch.Tensor  # (B, K) bool: keys that are image tokens of each sample
     state: dict[str, Any] = field(default_factory=dict)  # per-request scratch shared by all parts
+    # Each sample's image tokens in prompt order: key position of the i-th one, and which of the
+    # I slots hold one (samples with fewer image tokens are padded).
+    image_index: torch.Tensor | None = None  # (B, I) long
+    image_slots: torch.Tensor | None = None  # (B, I) bool
+    # Needs.image_grid: per sample, the (rows, cols) grids its image tokens run through, and the
+    # extra tokens after each grid row (cycling over grids), as in ``ModelAdapter.image_grid``.
+    image_grid: list[list[tuple[int, int]]] | None = None
+    row_end_tokens: tuple[int, ...] = (0,)
+    # What this request captured so far: Needs.attention of the blocks before this one in the
+    # same forward pass, (B, H, I) raw probabilities each; Needs.prefill_rows, (B, H, T) each.
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    prefill_rows: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class HeadFilter(Component):

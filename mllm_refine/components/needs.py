@@ -16,19 +16,31 @@ class Needs:
         the logit lens (``StepView.lens``).
     prefill_rows: blocks whose full prefill attention row of the last prompt token over every
         key is kept, ``(B, H, T)`` each, once per request (``StepView.prefill_row``).
+    image_grid: each sample's image-token grids are located once per request from the prepared
+        inputs (``ModelAdapter.image_grid``) and handed to head filters (``AttentionRow.image_grid``).
+    scores: blocks whose pre-softmax scores of the current row over every key are kept, before
+        any head filter acts, ``(B, H, K)`` per block and step (``StepView.scores``; diagnostics).
     """
 
     attention: frozenset[int] = field(default_factory=frozenset)
     hidden: frozenset[int] = field(default_factory=frozenset)
     prefill_rows: frozenset[int] = field(default_factory=frozenset)
+    image_grid: bool = False
+    scores: frozenset[int] = field(default_factory=frozenset)
+    # Extra inputs decoded in lockstep with the answer, each with its own KV cache
+    # (``components.branch.Branch``; ``StepView.branch_logits(name)``).
+    branches: frozenset = field(default_factory=frozenset)
 
     def __or__(self, other: "Needs") -> "Needs":
         return Needs(
             attention=self.attention | other.attention,
             hidden=self.hidden | other.hidden,
             prefill_rows=self.prefill_rows | other.prefill_rows,
+            image_grid=self.image_grid or other.image_grid,
+            scores=self.scores | other.scores,
+            branches=self.branches | other.branches,
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.attention or self.hidden or self.prefill_rows)
+        return not (self.attention or self.hidden or self.prefill_rows or self.image_grid or self.scores or self.branches)

@@ -67,7 +67,7 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
     spec.add_image_token_row(lm, config.text_config.vocab_size)
     lora_path = assets / LORA_FILE
     if lora_path.is_file():
-        merge_lora(lm, load_file(lora_path))
+        merge_lora(lm.model, load_file(lora_path))  # keys are relative to the decoder (LlamaModel)
     state = {f"model.language_model.{k[len('model.'):]}": v for k, v in lm.state_dict().items() if k.startswith("model.")}
     state.update(load_file(assets / VISION_FILE))
     with torch.device("meta"):

@@ -24,6 +24,7 @@ def generate_answers(model: Any, processor: Any, questions: list[str], images: l
         processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True)
         for q in questions
     ]
+    processor.tokenizer.padding_side = "left"  # decoder-only generation pads on the left
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
     new = out[:, inputs["input_ids"].shape[1] :]  # (B, T) generated tokens only

@@ -57,6 +57,19 @@ def lora_state_dict(lm: Any, targets: tuple[str, ...]) -> dict[str, torch.Tensor
     return state
 
 
+def load_lora(lm: Any, state: dict[str, torch.Tensor], targets: tuple[str, ...]) -> int:
+    """Sets the factors of a wrapped ``lm`` from ``lora_state_dict`` output (to continue training)."""
+    loaded = 0
+    with torch.no_grad():
+        for name, parent, attr in _targets(lm, targets):
+            module = getattr(parent, attr)
+            if isinstance(module, LoRALinear) and f"{name}.lora_A" in state:
+                module.lora_A.copy_(state[f"{name}.lora_A"])
+                module.lora_B.copy_(state[f"{name}.lora_B"] / module.scale)  # the scale was folded in
+                loaded += 1
+    return loaded
+
+
 def merge_lora(lm: Any, state: dict[str, torch.Tensor]) -> int:
     """``W += B @ A`` for every adapted layer of a plain (unwrapped) ``lm``; returns the count."""
     modules = dict(lm.named_modules())

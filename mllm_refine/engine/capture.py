@@ -9,7 +9,7 @@ the residual stream at the last position of the requested layers, ``(B, D)`` eac
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -76,9 +76,29 @@ class Capture:
         self.attention: dict[int, torch.Tensor] = {}  # layer -> (B, H, I) raw probabilities
         self.hidden: dict[int, torch.Tensor] = {}  # layer -> (B, D)
         self.prefill_rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, T)
+        self.scores: dict[int, torch.Tensor] = {}  # layer -> (B, H, K) pre-softmax, before filters
+        self.paused = False  # True while a branch pass runs: no probe records, no filter acts
+        self.branches: Any = None  # engine.branches.BranchRunner when Needs.branches is set
+        self.branch_logits: dict[str, torch.Tensor] = {}  # name -> (B, V) at the current step
 
-    def begin(self, input_ids: torch.Tensor) -> None:
-        """Locate each sample's image tokens in the prompt ``(B, T)``."""
+    @contextmanager
+    def pause(self) -> Iterator["Capture"]:
+        """Run another forward (a ``Needs.branches`` pass) untouched by this request's probes."""
+        self.paused = True
+        try:
+            yield self
+        finally:
+            self.paused = False
+
+    def begin(self, input_ids: torch.Tensor, inputs: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Locate each sample's image tokens in the prompt ``(B, T)``; with ``Needs.image_grid``,
+        also their grids, from the prepared ``inputs``."""
+        if self.needs.image_grid and inputs is None:
+            raise ValueError("Needs.image_grid: Capture.begin needs the prepared inputs to locate image grids")
+        self.image_grid = self.adapter.image_grid(inputs) if self.needs.image_grid else None
+        mask = inputs.get("attention_mask") if inputs is not None else None
+        # (B, T) bool: real prompt tokens, False on left padding.
+        self.prompt_valid = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         self.prompt_image_keys = self.adapter.image_keys(input_ids)  # (B, T)
         counts = self.prompt_image_keys.sum(1)  # (B,)
         width = int(counts.max()) if counts.numel() else 0
@@ -102,25 +122,37 @@ class Capture:
         scaling: float | None,
         out: torch.Tensor,  # (B, Q, H, Dh) sdpa output
     ) -> torch.Tensor:
+        if self.paused:
+            return out
         layer = module.layer_idx + 1
         filters = self.filters.get(layer, [])
         want_row = layer in self.needs.attention
         want_prefill = layer in self.needs.prefill_rows and self.step == 0
-        if not (filters or want_row or want_prefill):
+        want_scores = layer in self.needs.scores
+        if not (filters or want_row or want_prefill or want_scores):
             return out
         B, H, _, Dh = query.shape
         Hkv, K = key.shape[1], key.shape[2]
         scale = scaling if scaling is not None else Dh**-0.5
         # Grouped heads without copying K: query heads h = g * rep + r share key head g.
         q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh)  # (B, Hkv, rep, Dh)
-        scores = torch.einsum("bgrd,bgkd->bgrk", q.float(), key.float()).reshape(B, H, K) * scale  # (B, H, K)
+        # matmul over a transposed view: einsum copied K into a permuted layout at every call.
+        scores = torch.matmul(q.float(), key.float().transpose(-1, -2)).reshape(B, H, K) * scale  # (B, H, K)
         row = AttentionRow(
             layer=layer,
             step=self.step,
             key_valid=_row_key_mask(attention_mask, B, K, query.device),
             image_keys=self.image_keys(K),
             state=self.state,
+            image_index=self.image_index,
+            image_slots=self.image_slots,
+            image_grid=self.image_grid,
+            row_end_tokens=self.adapter.row_end_tokens,
+            attention={l: a for l, a in self.attention.items() if l < layer},  # this pass only
+            prefill_rows=self.prefill_rows,
         )
+        if want_scores:  # keys the row may not attend to hold 0, so row norms skip them
+            self.scores[layer] = scores.masked_fill(~row.key_valid[:, None, :], 0.0)
         for f in filters:
             scores = f.scores(scores, row)
         scores = scores.masked_fill(~row.key_valid[:, None, :], float("-inf"))
@@ -134,13 +166,15 @@ class Capture:
             self.prefill_rows[layer] = probs  # (B, H, T)
         if filters:
             p = probs.reshape(B, Hkv, H // Hkv, K)
-            row_out = torch.einsum("bgrk,bgkd->bgrd", p, value.float()).reshape(B, H, Dh)  # (B, H, Dh)
+            row_out = torch.matmul(p, value.float()).reshape(B, H, Dh)  # (B, Hkv, rep, Dh) -> (B, H, Dh)
             out = out.clone()
             out[:, -1] = row_out.to(out.dtype)
         return out
 
     def _hidden_hook(self, layer: int):
         def hook(_module: nn.Module, args: tuple, kwargs: dict, output: Any = None) -> None:
+            if self.paused:
+                return
             h = output if output is not None else (args[0] if args else kwargs["hidden_states"])
             h = h[0] if isinstance(h, tuple) else h
             self.hidden[layer] = h[:, -1, :]  # (B, D)
@@ -150,7 +184,7 @@ class Capture:
     @contextmanager
     def installed(self) -> Iterator["Capture"]:
         adapter = self.adapter
-        layers = sorted(set(self.filters) | self.needs.attention | self.needs.prefill_rows)
+        layers = sorted(set(self.filters) | self.needs.attention | self.needs.prefill_rows | self.needs.scores)
         handles = []
         try:
             for layer in layers:

@@ -6,9 +6,10 @@ the parts act through the registered attention function and one logits processor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -16,10 +17,13 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 
 from mllm_refine.adapters import adapter_for
 from mllm_refine.data.sample import Sample
+from mllm_refine.engine.branches import BranchRunner, check_branches
 from mllm_refine.engine.capture import Capture, use_refine_attention
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import Parts
+from mllm_refine.engine.prefill import prefill
 from mllm_refine.engine.processor import RefineProcessor
+from mllm_refine.engine.step_view import StepView
 from mllm_refine.engine.stopping import StopOnStrings
 
 # Explicit neutral values: generate would otherwise fill unset fields from the checkpoint's
@@ -78,17 +82,36 @@ class Decoder:
         eos = gc.eos_token_id
         return set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
 
+    def prefill_rows(
+        self, samples: list[Sample], layers: list[int], questions: list[str] | None = None
+    ) -> list[dict[int, torch.Tensor]]:
+        """Per sample, ``{layer: (H, I)}``: the last prompt token's attention over that sample's
+        image tokens in blocks ``layers`` (1..L), from one forward over the whole batch.
+        ``questions`` replaces each sample's question (e.g. a generic one)."""
+        if questions is not None:
+            samples = [dataclasses.replace(s, question=q) for s, q in zip(samples, questions, strict=True)]
+        with torch.no_grad():
+            p = prefill(self.model, self.adapter, samples, layers)
+        counts = p.image_slots.sum(1).tolist()  # (B,) image tokens per sample
+        return [{l: p.image_rows(l)[b, :, : counts[b]] for l in layers} for b in range(len(samples))]
+
     @torch.no_grad()
-    def generate(self, samples: list[Sample]) -> list[Prediction]:
-        """Answer a batch; one prediction per sample, in order."""
+    def generate(
+        self, samples: list[Sample], observe: Callable[[StepView, torch.Tensor], None] | None = None
+    ) -> list[Prediction]:
+        """Answer a batch; one prediction per sample, in order. ``observe(view, logits)`` is called
+        at every step of the answer pass (see ``RefineProcessor``)."""
         for refiner in self.parts.input_refiners:
             samples = refiner.refine(samples, self)
         inputs = self.adapter.prepare(samples).to(self.model.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         capture = Capture(self.adapter, self.needs, self.parts.head_filters)
-        capture.begin(inputs["input_ids"])
-        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples))
+        capture.begin(inputs["input_ids"], inputs)
+        if self.needs.branches:
+            branches = check_branches(self.needs.branches)
+            capture.branches = BranchRunner(self.model, self.adapter, branches, inputs, samples, capture)
+        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples), observe)
         gc = self.generation_config()
         if self.config.do_sample:
             torch.manual_seed(_batch_seed(self.config.seed, [s.id for s in samples]))

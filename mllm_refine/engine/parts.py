@@ -36,6 +36,10 @@ class Parts:
                 f"layer_selector {self.layer_selector.name!r} chooses a layer that no logit_combiner uses: "
                 "add a logit_combiner that uses a layer"
             )
+        for part in self.components():
+            reason = part.conflicts(self)
+            if reason:
+                raise ConflictError(f"{part.kind} {part.name!r}: {reason}")
 
     def setup(self, info: ModelInfo) -> Needs:
         """Bind every part to the model and return the union of what they need captured."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from transformers import (
     LogitsProcessor,
@@ -38,12 +40,20 @@ class RefineProcessor(LogitsProcessor):
     """Runs the recipe's selector and combiner on each step's logits.
 
     A row whose combined logits hold NaN or +inf, or no finite value at all, falls back to the
-    model's own logits for that step; ``fallbacks`` counts it per sample.
+    model's own logits for that step; ``fallbacks`` counts it per sample. ``observe``, when
+    given, sees each step's view and the logits the step decodes from (diagnostics, read only).
     """
 
     def __init__(
-        self, parts: Parts, capture: Capture, adapter: ModelAdapter, config: DecodeConfig, batch: int
+        self,
+        parts: Parts,
+        capture: Capture,
+        adapter: ModelAdapter,
+        config: DecodeConfig,
+        batch: int,
+        observe: Callable[[StepView, torch.Tensor], None] | None = None,
     ) -> None:
+        self.observe = observe
         self.parts = parts
         self.capture = capture
         self.adapter = adapter
@@ -53,6 +63,8 @@ class RefineProcessor(LogitsProcessor):
         self.fallbacks = torch.zeros(batch, dtype=torch.long)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.capture.branches is not None:  # Needs.branches: their forwards, in lockstep
+            self.capture.branches.step(input_ids)
         view = StepView(self.capture.step, input_ids, scores.float(), self.capture, self.adapter)
         logits = view.logits  # (B, V)
         layer = None
@@ -61,12 +73,21 @@ class RefineProcessor(LogitsProcessor):
             self.layers.append(layer.detach().cpu())
         if self.parts.logit_combiner is not None:
             logits = self.parts.logit_combiner.combine(view, layer)  # (B, V)
+        # Image placeholders are inputs only; the model must never emit them. Suppressed before
+        # the guard, so a row whose only finite token was a placeholder falls back too.
+        suppress = self.suppress.to(logits.device)
+        logits = logits.index_fill(1, suppress, float("-inf"))
         bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | ~torch.isfinite(logits).any(-1)
         if bad.any():
-            logits = torch.where(bad[:, None], view.logits, logits)
+            logits = torch.where(bad[:, None], view.logits.index_fill(1, suppress, float("-inf")), logits)
             self.fallbacks += bad.cpu().long()
-        # Image placeholders are inputs only; the model must never emit them.
-        logits = logits.index_fill(1, self.suppress.to(logits.device), float("-inf"))
-        logits = self.post(input_ids, logits)
+        # The repetition penalty must not see left padding (batch answers would differ from
+        # single ones): padding slots repeat the row's newest token, which it penalises anyway.
+        valid = self.capture.prompt_valid  # (B, T0)
+        T0 = valid.shape[1]
+        own = torch.cat([torch.where(valid, input_ids[:, :T0], input_ids[:, -1:]), input_ids[:, T0:]], 1)  # (B, T)
+        logits = self.post(own, logits)
+        if self.observe is not None:
+            self.observe(view, logits)
         self.capture.step += 1
         return logits

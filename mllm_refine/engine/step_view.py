@@ -48,11 +48,24 @@ class StepView:
             a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
         return a
 
+    def branch_logits(self, name: str) -> torch.Tensor:
+        """``(B, V)``: this step's final logits of the extra input ``name`` (``Needs.branches``)."""
+        if name not in self.capture.branch_logits:
+            raise KeyError(f"branch {name!r} was not declared in Needs.branches")
+        return self.capture.branch_logits[name]
+
     def prefill_row(self, layer: int) -> torch.Tensor:
         """``(B, H, T)``: the last prompt token's attention over every prompt key in block ``layer``."""
         if layer not in self.capture.prefill_rows:
             raise KeyError(f"prefill row of layer {layer} was not declared in Needs.prefill_rows")
         return self.capture.prefill_rows[layer]
+
+    def scores(self, layer: int) -> torch.Tensor:
+        """``(B, H, K)``: the current row's pre-softmax scores over every key in block ``layer``,
+        before any head filter acted; keys the row may not attend to (padding) hold 0."""
+        if layer not in self.capture.scores:
+            raise KeyError(f"pre-softmax scores of layer {layer} were not declared in Needs.scores")
+        return self.capture.scores[layer]
 
     def hidden(self, layer: int) -> torch.Tensor:
         """``(B, D)``: residual stream ``h_layer`` at the current position."""

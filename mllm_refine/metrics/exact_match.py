@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import string
 
-import torch
-from torchmetrics import Metric
+from mllm_refine.metrics.base import MeanMetric
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -16,20 +15,10 @@ def normalize(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-class ExactMatch(Metric):
+class ExactMatch(MeanMetric):
     """Share of predictions equal to any reference answer after ``normalize``."""
 
-    full_state_update = False
+    primary = "exact_match"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(self, predictions: list[str], references: list[list[str]]) -> None:
-        for pred, refs in zip(predictions, references):
-            self.correct += float(normalize(pred) in {normalize(r) for r in refs})
-            self.total += 1.0
-
-    def compute(self) -> torch.Tensor:
-        return self.correct / self.total.clamp_min(1.0)
+    def score(self, prediction: str, references: list[str]) -> float:
+        return float(normalize(prediction) in {normalize(r) for r in references})

@@ -18,6 +18,7 @@ from mllm_refine.components import KINDS
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import ConflictError, Parts
 from mllm_refine.plugin_manager import get_registry
+from mllm_refine.recipes.compose import Origins, find_recipe, is_name, override_origins, resolve
 from mllm_refine.recipes.schema import RecipeError, build_dataclass, suggest
 
 TOP_LEVEL = {
@@ -30,7 +31,9 @@ TOP_LEVEL = {
     "head_filters": "list of components",
     "logit_combiner": "one component",
     "input_refiners": "list of components",
-    "metric": "registered metric name (default exact_match)",
+    "metric": "registered metric name (default: the dataset's suggestion, else exact_match)",
+    "trainer": "Lightning settings: accelerator, devices, num_nodes, strategy, precision, num_workers, enable_progress_bar",
+    "sweep": "list of partial recipes, each merged over this one and run into its own folder",
 }
 MODEL_KEYS = {"path": str, "dtype": str, "device": str, "trust_remote_code": bool}
 SINGLE = ("layer_selector", "logit_combiner")
@@ -51,6 +54,7 @@ class Recipe:
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metric: str = "exact_match"
+    origins: dict[tuple[str | int, ...], str] = field(default_factory=dict)  # value path -> "file:line" | "override k=v"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -162,13 +166,27 @@ def build(raw: dict[str, Any], source: str) -> Recipe:
     )
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and check a recipe file."""
-    raw = copy.deepcopy(read_yaml(path))
+def resolve_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], Origins, Path]:
+    """The recipe ``path`` (a file, or the name of a shipped or registered recipe) with what it
+    ``extends`` merged in and ``overrides`` applied, each value's origin, and the file read."""
+    file = Path(path)
+    if not file.is_file() and is_name(str(path)):
+        file = find_recipe(str(path), None, "recipe")
+    raw, origins = resolve(file)
+    raw = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(raw, keys, value, text)
-    return build(raw, str(path))
+        override_origins(raw, keys, text, origins)
+    return raw, origins, file
 
 
-__all__ = ["KINDS", "Recipe", "RecipeError", "build", "load_recipe", "parse_override"]
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, compose, override and check a recipe (a file or a recipe name)."""
+    raw, origins, file = resolve_recipe(path, overrides)
+    recipe = build(raw, str(file))
+    recipe.origins = origins
+    return recipe
+
+
+__all__ = ["KINDS", "Recipe", "RecipeError", "build", "load_recipe", "parse_override", "resolve_recipe"]

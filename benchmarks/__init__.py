@@ -1,0 +1,1 @@
+"""Decode-cost benchmarks: ``python benchmarks/decode_cost.py --help``."""

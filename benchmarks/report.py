@@ -1,0 +1,219 @@
+"""Ratios, the JSON record and the Markdown tables of a decode-cost run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+# Issue 9 targets: per-token time and peak memory of these recipes against vanilla.
+TOKEN_TARGET, MEMORY_TARGET = 1.15, 1.10
+TARGETED = ("dualpd", "dualpd_heads", "dualpd_layer", "deco", "dola", "vrga", "pai")
+SPEEDUP_TARGET = 3.0  # reference style / ours, per token, 600+ token sequences
+END_TO_END_TARGETS = {"vicrop": 2.5, "vcd": 2.2}  # recipe-name prefix -> end-to-end x vanilla at batch 1
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def add_ratios(result: dict[str, Any]) -> None:
+    """Fill ``vs_vanilla`` of every recipe row and ``vs_ours`` of every reference row."""
+    rows = {r["recipe"]: r for r in result["recipes"]}
+    base = rows.get("vanilla")
+    for r in result["recipes"]:
+        if "error" in r or base is None or "error" in base:
+            continue
+        r["vs_vanilla"] = {}
+        for batch, run in r["runs"].items():
+            ref = base["runs"].get(batch)
+            if ref:
+                r["vs_vanilla"][batch] = {
+                    key: ratio(run[key], ref[key])
+                    for key in ("per_token_ms", "prefill_ms", "end_to_end_ms", "peak_mb", "peak_delta_mb")
+                }
+    for ref in result["reference"]:
+        ours = rows.get(ref["recipe"], {}).get("runs", {}).get("1")
+        if ours and "error" not in ref:
+            ref["vs_ours"] = {
+                key: ratio(ref[key], ours[key]) for key in ("per_token_ms", "prefill_ms", "peak_mb", "peak_delta_mb")
+            }
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def recipe_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| recipe | prefill ms | ms/token b1 | tok/s b1 | ms/token b16 | tok/s b16 | end-to-end ms b1 | "
+        "peak MiB b1 (+delta) | peak MiB b16 (+delta) | x vanilla token b1 / b16 | x vanilla e2e b1 | "
+        "x vanilla peak b1 / b16 |",
+        "|---|" + "---:|" * 11,
+    ]
+    for r in result["recipes"]:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | {r['error']} |" + " |" * 10)
+            continue
+        b1, b16 = r["runs"].get("1", {}), r["runs"].get(str(result["settings"]["batch"]), {})
+        v = r.get("vs_vanilla", {})
+        v1, v16 = v.get("1", {}), v.get(str(result["settings"]["batch"]), {})
+        lines.append(
+            f"| {r['recipe']} | {_fmt(b1.get('prefill_ms'))} | {_fmt(b1.get('per_token_ms'), 2)} | "
+            f"{_fmt(b1.get('tokens_per_s'))} | {_fmt(b16.get('per_token_ms'), 2)} | {_fmt(b16.get('tokens_per_s'))} | "
+            f"{_fmt(b1.get('end_to_end_ms'))} | {_fmt(b1.get('peak_mb'))} (+{_fmt(b1.get('peak_delta_mb'))}) | "
+            f"{_fmt(b16.get('peak_mb'))} (+{_fmt(b16.get('peak_delta_mb'))}) | "
+            f"{_fmt(v1.get('per_token_ms'), 2)} / {_fmt(v16.get('per_token_ms'), 2)} | "
+            f"{_fmt(v1.get('end_to_end_ms'), 2)} | {_fmt(v1.get('peak_mb'), 2)} / {_fmt(v16.get('peak_mb'), 2)} |"
+        )
+    return lines
+
+
+def reference_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| recipe | reference style | prefill ms | ms/token | peak MiB (+delta) | x ours token | x ours prefill | "
+        "x ours peak (delta) | same tokens |",
+        "|---|---|" + "---:|" * 6 + "---|",
+    ]
+    for r in result["reference"]:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | {r['mode']} | {r['error']} |" + " |" * 6)
+            continue
+        v = r.get("vs_ours", {})
+        lines.append(
+            f"| {r['recipe']} | {r['mode']} | {_fmt(r['prefill_ms'])} | {_fmt(r['per_token_ms'], 2)} | "
+            f"{_fmt(r['peak_mb'])} (+{_fmt(r['peak_delta_mb'])}) | {_fmt(v.get('per_token_ms'), 2)} | "
+            f"{_fmt(v.get('prefill_ms'), 2)} | {_fmt(v.get('peak_mb'), 2)} ({_fmt(v.get('peak_delta_mb'), 2)}) | "
+            f"{'yes' if r['agree'] else 'NO'} ({r['compared']} tokens) |"
+        )
+    return lines
+
+
+def memory_table(result: dict[str, Any]) -> list[str]:
+    rows = result.get("memory_scaling") or []
+    if not rows:
+        return []
+    lines = [
+        f"Peak memory above the loaded model, recipe `{rows[0]['recipe']}`, batch 1, "
+        f"{result['settings']['memory_tokens']} new tokens:",
+        "",
+        "| prompt tokens | ours MiB | reference style MiB | reference / ours | ours MiB per 1k tokens | same tokens |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        per_k = r["ours_delta_mb"] / (r["prompt_tokens"] / 1000) if r.get("ours_delta_mb") else None
+        lines.append(
+            f"| {r['prompt_tokens']} | {_fmt(r.get('ours_delta_mb'))} | {_fmt(r.get('reference_delta_mb'))} | "
+            f"{_fmt(ratio(r.get('reference_delta_mb'), r.get('ours_delta_mb')), 2)} | {_fmt(per_k)} | "
+            f"{'yes' if r.get('agree') else 'NO'} |"
+        )
+    return lines
+
+
+def profile_table(result: dict[str, Any]) -> list[str]:
+    prof = result.get("profile")
+    if not prof:
+        return []
+    lines = [
+        f"torch.profiler, recipe `{prof['recipe']}`, batch 1, {prof['steps']} decode steps: "
+        f"engine regions (inclusive) and the top operators (self time).",
+        "",
+        "| region or operator | self ms | total ms | calls | share of decode |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in prof["rows"]:
+        lines.append(
+            f"| {row['name']} | {_fmt(row['self_ms'], 2)} | {_fmt(row['total_ms'], 2)} | {row['calls']} | "
+            f"{_fmt(100 * row['share'], 1)} % |"
+        )
+    return lines
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """One line per target with the measured number."""
+    out = []
+    batch = str(result["settings"]["batch"])
+    for r in result["recipes"]:
+        if r["recipe"] not in TARGETED or "error" in r:
+            continue
+        v = r.get("vs_vanilla", {})
+        tok = [v.get(b, {}).get("per_token_ms") for b in ("1", batch)]
+        mem = [v.get(b, {}).get("peak_mb") for b in ("1", batch)]
+        ok_tok = all(t is not None and t <= TOKEN_TARGET for t in tok)
+        ok_mem = all(m is not None and m <= MEMORY_TARGET for m in mem)
+        out.append(
+            f"- `{r['recipe']}`: per token {_fmt(tok[0], 2)}x / {_fmt(tok[1], 2)}x vanilla (b1 / b{batch}, target "
+            f"<= {TOKEN_TARGET}: {'met' if ok_tok else 'missed'}); peak {_fmt(mem[0], 2)}x / {_fmt(mem[1], 2)}x "
+            f"(target <= {MEMORY_TARGET}: {'met' if ok_mem else 'missed'})"
+        )
+    for r in result["recipes"]:
+        limit = next((v for k, v in END_TO_END_TARGETS.items() if r["recipe"].startswith(k)), None)
+        if limit is None or "error" in r:
+            continue
+        e2e = r.get("vs_vanilla", {}).get("1", {}).get("end_to_end_ms")
+        tok = r.get("vs_vanilla", {}).get("1", {}).get("per_token_ms")
+        ok = e2e is not None and e2e <= limit
+        out.append(
+            f"- `{r['recipe']}`: end to end {_fmt(e2e, 2)}x vanilla at batch 1, per token {_fmt(tok, 2)}x "
+            f"(target <= {limit}: {'met' if ok else 'missed'})"
+        )
+    for ref in result["reference"]:
+        if "error" in ref or "vs_ours" not in ref:
+            continue
+        s = ref["vs_ours"]["per_token_ms"]
+        ok = s is not None and s >= SPEEDUP_TARGET and ref["agree"] and ref["prompt_tokens"] >= 600
+        out.append(
+            f"- `{ref['recipe']}` vs reference style ({ref['mode']}, {ref['prompt_tokens']} prompt tokens): ours "
+            f"{_fmt(s, 2)}x faster per token, tokens {'agree' if ref['agree'] else 'DIFFER'} "
+            f"(target >= {SPEEDUP_TARGET}x: {'met' if ok else 'missed'})"
+        )
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"Run `{result['command']}`",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores{', GPU ' + m['gpu'] if m['gpu'] else ''}; "
+        f"torch threads set to {m['torch_threads']}; load average at start {m['load_average']}",
+        f"- versions: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
+        f"- model: {s['model']} ({s['dtype']}, {s['prompt_tokens']} prompt tokens of which {s['image_tokens']} "
+        f"image tokens); {s['max_new_tokens']} new tokens at batch 1 ({s['repeats']} repeats after a warm-up), "
+        f"{s['batch_tokens']} at batch {s['batch']}; medians; memory: {s['memory_method']}",
+        "",
+        "### Recipes against vanilla",
+        "",
+        *recipe_table(result),
+        "",
+        "### Reference style against ours (batch 1)",
+        "",
+        *reference_table(result),
+        "",
+    ]
+    if result.get("memory_scaling"):
+        lines += ["### Memory against sequence length", "", *memory_table(result), ""]
+    if result.get("profile"):
+        lines += ["### Profile of one refined decode", "", *profile_table(result), ""]
+    lines += ["### Targets", "", *targets(result), ""]
+    return "\n".join(lines)
+
+
+def write(result: dict[str, Any], json_path: Path, md_path: Path) -> None:
+    """Write the JSON; put the tables between the result markers of the Markdown file."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    block = f"{BEGIN}\n{markdown(result)}\n{END}"
+    text = md_path.read_text() if md_path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(text)

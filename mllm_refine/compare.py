@@ -1,0 +1,198 @@
+"""``mllm-refine compare``: scores of run folders side by side, with paired bootstrap intervals.
+
+Rows are recipes, columns benchmarks (a benchmark is one ``data:`` mapping). Each cell holds the
+score and, against the benchmark's baseline (the run whose recipe has no parts, or
+``--baseline``), the delta with a 95% confidence interval from a paired bootstrap: the ids both
+runs scored are resampled with replacement, the same resample for both runs, and the metric is
+recomputed on each. An interval that contains 0 is no evidence of a difference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mllm_refine.lightning.shards import PREDICTIONS
+from mllm_refine.metrics.base import StatsMetric
+from mllm_refine.plugin_manager import get_registry
+
+PART_KEYS = ("layer_selector", "logit_combiner", "head_filters", "input_refiners")
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    data: dict[str, Any]
+    metric: str
+    vanilla: bool
+    records: dict[str, dict[str, Any]]
+
+    @property
+    def benchmark(self) -> str:
+        return json.dumps(self.data, sort_keys=True)
+
+    def scored(self) -> dict[str, dict[str, Any]]:
+        return {i: r for i, r in self.records.items() if not r.get("error") and r.get("answers")}
+
+
+def load_run(folder: str | Path) -> Run:
+    path = Path(folder)
+    for name in ("recipe.yaml", PREDICTIONS):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: not a run folder (no {name})")
+    raw = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
+    records = {}
+    for n, line in enumerate((path / PREDICTIONS).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path / PREDICTIONS}:{n}: not a JSON line ({e.msg})") from e
+            records[str(rec["id"])] = rec
+    scores = path / "scores.json"
+    metric = json.loads(scores.read_text())["metric"] if scores.is_file() else str(raw.get("metric") or "exact_match")
+    vanilla = not any(raw.get(k) for k in PART_KEYS)
+    return Run(path, str(raw.get("name") or path.name), dict(raw.get("data") or {}), metric, vanilla, records)
+
+
+def _metric(name: str) -> Any:
+    m = get_registry().get("metric", name).obj()
+    m.distributed_available_fn = lambda: False
+    return m
+
+
+def _primary(metric: StatsMetric, sums: torch.Tensor) -> torch.Tensor:
+    values = metric.reduce(sums)
+    return values[metric.primary] if metric.primary in values else next(iter(values.values()))
+
+
+def score(run: Run, ids: list[str] | None = None) -> float | None:
+    recs = run.scored()
+    ids = list(recs) if ids is None else ids
+    if not ids:
+        return None
+    m = _metric(run.metric)
+    m.update([recs[i]["prediction"] or "" for i in ids], [recs[i]["answers"] for i in ids])
+    value = m.compute()
+    if isinstance(value, dict):
+        value = value.get(getattr(m, "primary", ""), next(iter(value.values())))
+    return float(value)
+
+
+def paired_bootstrap(
+    metric: StatsMetric, a: torch.Tensor, b: torch.Tensor, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Delta ``metric(a) - metric(b)`` over paired per-sample stats ``(N, K)`` and its 95% interval."""
+    n = a.shape[0]
+    delta = float(_primary(metric, a.sum(0)) - _primary(metric, b.sum(0)))
+    g = torch.Generator().manual_seed(seed)
+    chunk = max(1, min(resamples, 20_000_000 // max(n, 1)))
+    deltas = []
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        idx = torch.randint(n, (r, n), generator=g)
+        weights = torch.zeros(r, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(r, n, dtype=torch.float64))
+        deltas.append(_primary(metric, weights @ a) - _primary(metric, weights @ b))
+    lo, hi = torch.quantile(torch.cat(deltas), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return delta, lo, hi
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _signed(value: float) -> str:
+    return f"{100 * value:+.1f}".replace("-", "−")
+
+
+def table(runs: list[Run], baselines: list[Run], resamples: int = 1000, seed: int = 0) -> str:
+    """The Markdown comparison of ``runs`` (scores in percent)."""
+    benches: dict[str, list[Run]] = {}
+    for run in runs:
+        benches.setdefault(run.benchmark, []).append(run)
+    labels: dict[str, str] = {}
+    for key, group in benches.items():
+        name = str(group[0].data.get("name", "manifest"))
+        taken = sum(1 for v in labels.values() if v.split(" #")[0] == name)
+        labels[key] = name if not taken else f"{name} #{taken + 1}"
+    base: dict[str, Run] = {}
+    for b in baselines:
+        if b.benchmark not in benches:
+            raise ValueError(f"--baseline {b.path}: its data matches none of the runs compared")
+        base[b.benchmark] = b
+    for key, group in benches.items():
+        if key in base:
+            continue
+        plain = [r for r in group if r.vanilla]
+        if len(plain) > 1:
+            paths = ", ".join(str(r.path) for r in plain)
+            raise ValueError(f"{labels[key]}: several runs without parts ({paths}); pick one with --baseline")
+        if plain:
+            base[key] = plain[0]
+    names = [r.name for r in runs]
+    row_of = {id(r): (r.name if names.count(r.name) == 1 else f"{r.name} ({r.path.name})") for r in runs}
+    rows: list[str] = []
+    for r in runs:
+        if row_of[id(r)] not in rows:
+            rows.append(row_of[id(r)])
+    cells: dict[tuple[str, str], str] = {}
+    notes = []
+    for key, group in benches.items():
+        b = base.get(key)
+        for r in group:
+            text = _cell(score(r))
+            if b is not None and r is not b:
+                text += " " + _delta(r, b, resamples, seed)
+            elif r is b:
+                text += " (baseline)"
+            cells[(row_of[id(r)], key)] = text
+        metric = group[0].metric
+        notes.append(f"- {labels[key]}: {metric}; baseline {'none' if b is None else f'{b.name} ({b.path})'}")
+    header = "| recipe | " + " | ".join(f"{labels[k]} ({benches[k][0].metric})" for k in benches) + " |"
+    lines = [header, "|---" * (len(benches) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cells.get((row, k), "") for k in benches) + " |")
+    method = f"paired bootstrap 95% CI ({resamples} resamples, seed {seed}) over the ids both runs scored"
+    lines += ["", f"Scores in percent; deltas to the baseline with a {method}.", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _delta(run: Run, base: Run, resamples: int, seed: int) -> str:
+    if run.metric != base.metric:
+        return f"(metric {run.metric} vs baseline {base.metric}: no delta)"
+    a, b = run.scored(), base.scored()
+    ids = [i for i in b if i in a]
+    if not ids:
+        return "(no ids in common with the baseline)"
+    m = _metric(run.metric)
+    if not isinstance(m, StatsMetric):
+        d = (score(run, ids) or 0.0) - (score(base, ids) or 0.0)
+        return f"({_signed(d)}, n={len(ids)}, no CI for this metric)"
+    sa = m.sample_stats([a[i]["prediction"] or "" for i in ids], [a[i]["answers"] for i in ids])
+    sb = m.sample_stats([b[i]["prediction"] or "" for i in ids], [b[i]["answers"] for i in ids])
+    d, lo, hi = paired_bootstrap(m, sa, sb, resamples, seed)
+    return f"({_signed(d)}, 95% CI {_signed(lo)} … {_signed(hi)}, n={len(ids)})"
+
+
+def compare(
+    folders: list[str], baselines: list[str] = (), output: str | None = None, resamples: int = 1000, seed: int = 0
+) -> tuple[str, Path]:
+    """Build the table for ``folders`` and write it to ``output`` (default: ``compare.md`` next to
+    the first run)."""
+    if resamples < 1:
+        raise ValueError("--resamples: must be at least 1")
+    runs = [load_run(f) for f in folders]
+    base_runs = [load_run(f) for f in baselines]
+    known = {r.path.resolve() for r in runs}
+    runs += [b for b in base_runs if b.path.resolve() not in known]
+    base_runs = [next((r for r in runs if r.path.resolve() == b.path.resolve()), b) for b in base_runs]
+    text = table(runs, base_runs, resamples, seed)
+    path = Path(output) if output else Path(folders[0]).resolve().parent / "compare.md"
+    path.write_text(text, encoding="utf-8")
+    return text, path

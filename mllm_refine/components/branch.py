@@ -1,0 +1,27 @@
+"""Branch: an extra input decoded in lockstep with the answer, e.g. VCD's noisy image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from mllm_refine.adapters.base import ModelAdapter
+    from mllm_refine.data.sample import Sample
+
+# (prepared main inputs, samples, adapter) -> the branch's model inputs (same batch, same order)
+BranchInputs = Callable[[Any, list["Sample"], "ModelAdapter"], Any]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A second forward per step with its own inputs and KV cache; its logits reach the parts
+    as ``StepView.branch_logits(name)``.
+
+    ``inputs`` builds the branch's batch from the main one (e.g. noisy ``pixel_values``). Each
+    step the branch is fed the token the main pass chose. The recipe's probes and head filters
+    act only in the main pass: the branch is what the model says without them.
+    """
+
+    name: str
+    inputs: BranchInputs = field(compare=False, hash=False, repr=False)

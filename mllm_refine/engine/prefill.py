@@ -1,0 +1,155 @@
+"""Extra forward passes before the answer pass: the last prompt token's attention rows.
+
+Input-level parts (ViCrop's importance maps, an attention-guided crop) look at the model once
+over the whole batch before it answers. ``forward_kwargs`` builds model inputs the way
+``generate`` does (positions from the attention mask), so left padding never shifts a sample and
+a batch gives each sample what a batch of one would. ``RowProbe`` keeps the last query row
+``(B, H, K)`` of chosen blocks; with ``grad=True`` each row is a leaf of the autograd graph and
+the row's attention output is recomputed from it, so ``torch.autograd.grad(v, probe.rows[l])``
+is ``dv/dA_l``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.data.sample import Sample
+from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, use_refine_attention
+
+
+def forward_kwargs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Model kwargs for one full forward of a prepared batch, with ``generate``'s positions."""
+    kwargs = dict(inputs)
+    kwargs["position_ids"] = model._prepare_position_ids_for_generation(kwargs["input_ids"], kwargs)
+    return kwargs
+
+
+class RowProbe:
+    """Keeps the last query row's post-softmax attention ``(B, H, K)`` of ``layers`` in one forward.
+
+    Attached to attention modules like ``Capture`` (``refine_attention`` calls ``on_attention``).
+    ``use`` may return an edited row (the output then comes from it), e.g. to perturb ``A``.
+    """
+
+    def __init__(self, adapter: ModelAdapter, layers: list[int], grad: bool = False) -> None:
+        self.adapter = adapter
+        self.layers = sorted(set(layers))
+        self.grad = grad
+        self.rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, K)
+
+    def use(self, layer: int, probs: torch.Tensor) -> torch.Tensor:
+        """The row the block goes on with; the identity unless a subclass edits it."""
+        return probs
+
+    def on_attention(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,  # (B, H, Q, Dh)
+        key: torch.Tensor,  # (B, Hkv, K, Dh)
+        value: torch.Tensor,  # (B, Hkv, K, Dh)
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+        out: torch.Tensor,  # (B, Q, H, Dh)
+    ) -> torch.Tensor:
+        layer = module.layer_idx + 1
+        if layer not in self.layers:
+            return out
+        B, H, _, Dh = query.shape
+        Hkv, K = key.shape[1], key.shape[2]
+        dtype = torch.promote_types(query.dtype, torch.float32)
+        scale = scaling if scaling is not None else Dh**-0.5
+        q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh).to(dtype)  # (B, Hkv, rep, Dh)
+        scores = torch.einsum("bgrd,bgkd->bgrk", q, key.to(dtype)).reshape(B, H, K) * scale  # (B, H, K)
+        valid = _row_key_mask(attention_mask, B, K, query.device)  # (B, K)
+        probs = torch.softmax(scores.masked_fill(~valid[:, None, :], float("-inf")), dim=-1)  # (B, H, K)
+        if self.grad:
+            probs = probs.detach().requires_grad_()  # a leaf: dv/dA at the model's own A
+        self.rows[layer] = probs
+        row = self.use(layer, probs)
+        if not self.grad and row is probs:
+            return out  # sdpa's output already is A @ V
+        p = row.reshape(B, Hkv, H // Hkv, K)
+        row_out = torch.einsum("bgrk,bgkd->bgrd", p, value.to(dtype)).reshape(B, H, Dh)  # (B, H, Dh)
+        out = out.clone()
+        out[:, -1] = row_out.to(out.dtype)
+        return out
+
+    @contextmanager
+    def installed(self) -> Iterator["RowProbe"]:
+        use_refine_attention(self.adapter)
+        modules = [self.adapter.attention_module(layer) for layer in self.layers]
+        if any(getattr(m, _CAPTURE_ATTR, None) is not None for m in modules):
+            raise RuntimeError("RowProbe: another capture is installed on these blocks")
+        try:
+            for m in modules:
+                setattr(m, _CAPTURE_ATTR, self)
+            yield self
+        finally:
+            for m in modules:
+                if getattr(m, _CAPTURE_ATTR, None) is self:
+                    delattr(m, _CAPTURE_ATTR)
+
+
+@dataclass
+class PrefillPass:
+    """One forward over a batch: its inputs, last-position logits and kept attention rows."""
+
+    inputs: Any  # the prepared batch (``pixel_values`` holds ``.grad`` after a backward)
+    logits: torch.Tensor  # (B, V) at the last prompt position
+    rows: dict[int, torch.Tensor]  # layer -> (B, H, K)
+    image_index: torch.Tensor  # (B, I) key position of each sample's i-th image token
+    image_slots: torch.Tensor  # (B, I) bool: slots that hold an image token
+
+    def image_rows(self, layer: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H, I)``: the row of ``layer`` (or ``rows``, e.g. its gradient) at the image tokens."""
+        r = self.rows[layer] if rows is None else rows  # (B, H, K)
+        index = self.image_index[:, None, :].expand(r.shape[0], r.shape[1], -1)  # (B, H, I)
+        return r.gather(2, index) * self.image_slots[:, None, :]
+
+
+def image_positions(adapter: ModelAdapter, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, I)`` key positions of each sample's image tokens, and ``(B, I)`` bool valid slots."""
+    keys = adapter.image_keys(input_ids)  # (B, T)
+    counts = keys.sum(1)  # (B,)
+    width = int(counts.max()) if counts.numel() else 0
+    order = torch.argsort((~keys).to(torch.int8), dim=1, stable=True)  # image positions first, in order
+    slots = torch.arange(width, device=input_ids.device)[None] < counts[:, None]
+    return order[:, :width], slots
+
+
+def prefill(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    samples: list[Sample],
+    layers: list[int],
+    grad: bool = False,
+    pixel_grad: bool = False,
+    probe: RowProbe | None = None,
+) -> PrefillPass:
+    """One batched forward over ``samples`` keeping the last prompt row of ``layers``.
+
+    ``grad``: rows are autograd leaves (see ``RowProbe``); ``pixel_grad``: ``pixel_values``
+    requires grad. Either runs under ``torch.enable_grad`` so the caller can backpropagate from
+    ``logits``; otherwise nothing is recorded for autograd.
+    """
+    inputs = adapter.prepare(samples).to(model.device)
+    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        if pixel_grad:
+            inputs["pixel_values"].requires_grad_()
+    probe = probe or RowProbe(adapter, layers, grad=grad)
+    index, slots = image_positions(adapter, inputs["input_ids"])
+    with torch.set_grad_enabled(grad or pixel_grad), probe.installed():
+        out = model(**forward_kwargs(model, inputs), use_cache=False, logits_to_keep=1)
+        logits = out.logits[:, -1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (B, V)
+    return PrefillPass(inputs, logits, probe.rows, index, slots)
+
+
+__all__ = ["PrefillPass", "RowProbe", "forward_kwargs", "image_positions", "prefill"]

@@ -1,0 +1,74 @@
+"""The recipe's ``trainer:`` section: how many processes, on what, at what precision."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mllm_refine.recipes.schema import RecipeError, build_dataclass
+
+_DEVICE_TO_ACCELERATOR = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings of a run; ``num_workers`` is DataLoader processes per rank
+    and ``enable_progress_bar: null`` shows the bar only on a terminal."""
+
+    accelerator: str | None = None  # default: from model.device, else "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | int | None = None
+    num_workers: int = 0
+    enable_progress_bar: bool | None = None
+
+
+def trainer_config(raw: dict[str, Any], source: str) -> TrainerConfig:
+    section = raw.get("trainer") or {}
+    if not isinstance(section, dict):
+        raise RecipeError(f"{source}: trainer: expected a mapping")
+    cfg = build_dataclass(TrainerConfig, section, f"{source}: trainer")
+    if cfg.accelerator is None:
+        device = str((raw.get("model") or {}).get("device") or "")
+        cfg.accelerator = _DEVICE_TO_ACCELERATOR.get(device.split(":")[0], "auto")
+    if cfg.num_nodes < 1 or cfg.num_workers < 0:
+        raise RecipeError(f"{source}: trainer: num_nodes must be >= 1 and num_workers >= 0")
+    return cfg
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up notes and its hint about DataLoader workers would bury the CLI's
+    own output; real warnings still show."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Consider setting `persistent_workers=True`.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+
+
+def make_trainer(cfg: TrainerConfig, output: Path, callbacks: list[Any]) -> Any:
+    import lightning.pytorch as pl
+
+    from mllm_refine.lightning.progress import SampleProgressBar
+
+    bar = sys.stderr.isatty() if cfg.enable_progress_bar is None else cfg.enable_progress_bar
+    return pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        callbacks=[*callbacks, *([SampleProgressBar()] if bar else [])],
+        enable_progress_bar=bar,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # RecipeData splits the pending ids itself
+        inference_mode=True,
+        default_root_dir=str(output),
+    )

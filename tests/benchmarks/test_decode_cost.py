@@ -1,0 +1,55 @@
+"""Smoke test of the decode-cost benchmark: the tiniest setting, structure and token agreement only.
+
+No timing is asserted: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "decode_cost.py"),
+        "--model", "tiny-llava", "--recipe", "dualpd", "--threads", "1",
+        "--max-new-tokens", "3", "--batch", "4", "--batch-tokens", "2", "--repeats", "1",
+        "--reference", "cache", "--ref-tokens", "3", "--memory-lengths", "64,128", "--memory-tokens", "1",
+        "--profile-recipe", "dualpd", "--json", str(out_json), "--markdown", str(out_md),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # generous: the machine may be shared
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+
+    assert set(result) >= {"command", "machine", "settings", "recipes", "reference", "memory_scaling", "profile"}
+    assert result["machine"]["torch_threads"] == 1
+    assert {"cpu", "cores", "torch", "transformers"} <= set(result["machine"])
+    rows = {r["recipe"]: r for r in result["recipes"]}
+    assert list(rows) == ["vanilla", "dualpd"]
+    for row in rows.values():
+        assert set(row["runs"]) == {"1", "4"}
+        for run in row["runs"].values():
+            assert run["per_token_ms"] > 0 and run["prefill_ms"] > 0 and run["tokens_per_s"] > 0
+            assert run["peak_mb"] >= 0
+        assert set(row["vs_vanilla"]["1"]) >= {"per_token_ms", "peak_mb"}
+    assert rows["vanilla"]["vs_vanilla"]["1"]["per_token_ms"] == 1.0
+
+    refs = {r["recipe"]: r for r in result["reference"]}
+    assert set(refs) == {"vanilla", "dualpd"}
+    for ref in refs.values():
+        assert ref["mode"] == "cache"
+        assert ref["agree"], (ref["tokens"], rows[ref["recipe"]]["tokens_b1"])
+        assert ref["compared"] >= 1
+        assert ref["vs_ours"]["per_token_ms"] > 0
+
+    assert [m["target_tokens"] for m in result["memory_scaling"]] == [64, 128]
+    assert all(m["agree"] for m in result["memory_scaling"])
+    assert result["profile"]["rows"] and result["profile"]["steps"] >= 1
+
+    text = out_md.read_text()
+    assert "<!-- results:begin -->" in text and "| dualpd |" in text and "torch threads set to 1" in text
