@@ -7,8 +7,10 @@
   mllm-refine recipe show RECIPE [key=value ...]          print the resolved recipe, with origins
   mllm-refine recipe reference [--output FILE]            every component's parameters as Markdown
 
-Exit codes: 0 success; 2 bad recipe, model or usage (one line on stderr); 3 the run finished
-but some samples failed (each has an ``error`` in predictions.jsonl).
+Exit codes: 0 success; 1 the run could not write (disk full, permissions; one line on stderr,
+what was written is kept); 2 bad recipe, model or usage (one line on stderr); 3 the run finished
+but some samples failed (each has an ``error`` in predictions.jsonl), or ``--fail-fast`` stopped
+at the first failing sample.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mllm-refine",
         description=__doc__.split("\n\n")[0],
-        epilog="Exit codes: 0 ok; 2 bad recipe/model/usage; 3 some samples failed.",
+        epilog="Exit codes: 0 ok; 1 cannot write records; 2 bad recipe/model/usage; 3 some samples failed.",
     )
     p.add_argument("--version", action="version", version=f"mllm-refine {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -123,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", help="run folder (default: runs/<recipe name>); a rerun resumes")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    run.add_argument("--trust-remote-code", action="store_true",
+                     help="let a checkpoint run its own code; the recipe must also set model.trust_remote_code: true")  # fmt: skip
     cmp = sub.add_parser("compare", help=cmd_compare.__doc__.split(":")[0], description=cmd_compare.__doc__)
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each with predictions.jsonl and recipe.yaml)")
     cmp.add_argument("--baseline", action="append", default=[], metavar="DIR",
@@ -141,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--output", "-o", help="folder (default: runs/<recipe name>/inspect)")
     ins.add_argument("--all-tokens", action="store_true", help="every answer token, not only the first")
     ins.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ins.add_argument("--trust-remote-code", action="store_true",
+                     help="let a checkpoint run its own code; the recipe must also set model.trust_remote_code: true")  # fmt: skip
     recipe = sub.add_parser("recipe", help="recipe tools")
     rsub = recipe.add_subparsers(dest="recipe_command", required=True)
     show = rsub.add_parser("show", help=cmd_recipe_show.__doc__, description=cmd_recipe_show.__doc__)
@@ -154,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mllm_refine.models import ModelLoadError
+    from mllm_refine.data.manifest import SampleError
+    from mllm_refine.models import ModelLoadError, allow_remote_code
     from mllm_refine.plugin_manager import PluginError
     from mllm_refine.recipes import RecipeError
 
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (extra and args.command in ("plugins", "compare")):
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
+    allow_remote_code(getattr(args, "trust_remote_code", False))
     try:
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides, args.output, args.fail_fast, args.threads)
@@ -180,9 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"unrecognized arguments: {' '.join(extra)}")
             return cmd_recipe_reference(args.output, args.all)
         return cmd_recipe_show(args.recipe, args.overrides)
+    except SampleError as e:  # --fail-fast stopped at this sample
+        print(f"mllm-refine: error: {e}", file=sys.stderr)
+        return 3
     except (RecipeError, ModelLoadError, PluginError, FileNotFoundError, ValueError) as e:
         print(f"mllm-refine: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the shard writer's disk-full error; what was written is kept
+        print(f"mllm-refine: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,27 @@ class ModelLoadError(ValueError):
     pass
 
 
+_remote_code_allowed = False  # set by the command line's --trust-remote-code
+
+
+def allow_remote_code(allowed: bool) -> None:
+    """Record the command line's ``--trust-remote-code``; one half of the double opt-in."""
+    global _remote_code_allowed
+    _remote_code_allowed = bool(allowed)
+
+
+def check_remote_code(model: dict[str, Any], source: str) -> None:
+    """A checkpoint's own Python code runs only when the recipe (``model.trust_remote_code:
+    true``) and the command line (``--trust-remote-code``) both ask for it; either alone is
+    keeps it off, so neither a shared recipe nor a habit of typing the flag runs code unasked."""
+    in_recipe = model.get("trust_remote_code") is True
+    if in_recipe and not _remote_code_allowed:
+        raise ModelLoadError(
+            f"{source}: model.trust_remote_code: true runs the checkpoint's own code; "
+            "it also needs --trust-remote-code on the command line"
+        )
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ModelLoadError(f"model.dtype: {name!r} is not one of {', '.join(DTYPES)}")
@@ -33,6 +54,23 @@ def check_model_path(path: str) -> None:
             raise ModelLoadError(f"model.path: checkpoint folder not found: {folder}")
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"model.path: {folder} has no config.json (not a transformers checkpoint folder)")
+        check_model_type(folder)
+
+
+def check_model_type(folder: Path) -> None:
+    """Refuse, before the weights load, a checkpoint whose ``model_type`` no adapter knows."""
+    import json
+
+    from mllm_refine.plugin_manager import get_registry
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"model.path: {folder / 'config.json'}: not a readable JSON config ({e})") from e
+    adapters = get_registry().entries.get("adapter", {}).values()
+    if model_type not in {t for a in adapters for t in a.obj.model_types}:
+        supported = ", ".join(sorted(t for a in adapters for t in a.obj.model_types))
+        raise ModelLoadError(f"model.path: {folder}: model type {model_type!r} is not supported; supported model types: {supported}")
 
 
 def load_model(
@@ -42,6 +80,8 @@ def load_model(
     unless the caller turns it on."""
     from mllm_refine.plugin_manager import get_registry
 
+    if trust_remote_code and not _remote_code_allowed:
+        raise ModelLoadError("model.trust_remote_code: true also needs --trust-remote-code on the command line")
     torch_dtype = resolve_dtype(dtype)
     models = get_registry().entries.get("model", {})
     if path in models:

@@ -21,7 +21,7 @@ import yaml
 from mllm_refine.lightning.data import RecipeData, build_dataset
 from mllm_refine.lightning.shards import PREDICTIONS, merge
 from mllm_refine.lightning.trainer import trainer_config
-from mllm_refine.models import check_model_path
+from mllm_refine.models import check_model_path, check_remote_code
 from mllm_refine.plugin_manager import get_registry
 from mllm_refine.recipes.loader import Recipe, build
 from mllm_refine.recipes.schema import RecipeError, suggest
@@ -78,6 +78,7 @@ def run_recipe(
     from mllm_refine.lightning.trainer import make_trainer, quiet_lightning
     from mllm_refine.lightning.writer import ShardWriter
 
+    check_remote_code(recipe.model, recipe.source)
     check_model_path(recipe.model["path"])
     cfg = trainer_config(recipe.raw, recipe.source)
     out = Path(output)
@@ -86,7 +87,8 @@ def run_recipe(
     metric = metric_name(recipe, data.dataset)
     rank0 = _is_rank_zero()
     if rank0:
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+        # the name goes in too: a rerun from this file alone must write the same records
+        (out / "recipe.yaml").write_text(yaml.safe_dump({"name": recipe.name, **recipe.raw}, sort_keys=False))
         done = len(data.ids) - len(data.todo)
         log(f"{recipe.name}: {len(data.ids)} samples, {done} already done, {len(data.todo)} to run -> {out}")
     quiet_lightning()
@@ -205,6 +207,9 @@ def run_sweep(
     recipes = sweep_recipes(recipe)
     swept = len(recipes) > 1 or recipe.raw.get("sweep")
     root = Path(output) if output else Path("runs") / recipe.name
+    for r in recipes:  # every item's model is checked before the first one loads
+        check_remote_code(r.model, r.source)
+        check_model_path(r.model["path"])
     models: dict[str, Any] = {}
     summaries = []
     for r in recipes:

@@ -20,9 +20,12 @@ def test_pip_install_lists_dualpd(tmp_path):
     assert build.returncode == 0, build.stderr
     assert (target / "mllm_refine_plugins" / "dualpd.py").is_file()
     assert not (target / "plugins").exists()  # no bare top-level `plugins` package
+    assert (target / "mllm_refine" / "embedded" / "assets" / "vision.safetensors").is_file()
+    assert (target / "mllm_refine_plugins" / "vicrop" / "box.py").is_file()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import mllm_refine_plugins, mllm_refine.cli as c;"
+        "import mllm_refine.lightning, mllm_refine.viz, mllm_refine.embedded, mllm_refine_plugins.vicrop;"
         "assert mllm_refine_plugins.__file__.startswith(sys.argv[1]), mllm_refine_plugins.__file__;"
         "sys.exit(c.main(['plugins']))"
     )

@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from mllm_refine.cli import main
+from mllm_refine.testing import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def _lines(path: Path) -> list[dict]:
 
 def test_run_writes_predictions_and_scores_then_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), "data.n=5", "decode.batch_size=2"]) == 0
+    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), *TINY_RUN, "data.n=5", "decode.batch_size=2"]) == 0
     recs = _lines(out / "predictions.jsonl")
     assert [r["id"] for r in recs] == [f"shapes-0-{i:05d}" for i in range(5)]
     assert all(r["recipe"] == "dualpd" and r["error"] is None and "layer" in r["choices"] for r in recs)
@@ -35,12 +36,12 @@ def test_run_writes_predictions_and_scores_then_resumes(tmp_path, capsys):
     # A torn last line in a shard (killed mid-write) is dropped, then the rerun completes the set once each.
     with (out / "shards" / "rank-00000.jsonl").open("a") as f:
         f.write('{"id": "shapes-0-00005", "predic')
-    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), "data.n=7"]) == 0
+    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), *TINY_RUN, "data.n=7"]) == 0
     ids = [r["id"] for r in _lines(out / "predictions.jsonl")]
     assert ids == [f"shapes-0-{i:05d}" for i in range(7)]
     assert "2 decoded, 5 resumed" in capsys.readouterr().out
     # A rerun over fewer samples merges only those.
-    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), "data.n=3"]) == 0
+    assert main(["run", str(ROOT / "recipes/dualpd.yaml"), "--output", str(out), *TINY_RUN, "data.n=3"]) == 0
     assert [r["id"] for r in _lines(out / "predictions.jsonl")] == ids[:3]
     assert "0 decoded, 3 resumed" in capsys.readouterr().out
 
@@ -59,7 +60,7 @@ def test_bad_sample_gets_error_record_and_job_goes_on(tmp_path, capsys):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "run"
-    rc = main(["run", str(ROOT / "recipes/vanilla.yaml"), "-o", str(out), "data.name=manifest", f"data.path={manifest}", "data.n=null"])
+    rc = main(["run", str(ROOT / "recipes/vanilla.yaml"), "-o", str(out), *TINY_RUN, "data.name=manifest", f"data.path={manifest}", "data.n=null"])
     assert rc == 2  # `n` is not a manifest parameter
     assert "data.n: unknown parameter of dataset 'manifest'" in capsys.readouterr().err
     recipe = tmp_path / "r.yaml"

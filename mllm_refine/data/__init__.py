@@ -10,6 +10,7 @@ from mllm_refine.hookspecs import hookimpl
 @hookimpl
 def register_datasets(register: Callable[[str, Callable], None]) -> None:
     from mllm_refine.data.benchmarks import GQA, POPE, DocVQA, TextVQA, VizWiz, VQAv2
+    from mllm_refine.data.easy_vqa import EasyVQA, EasyVQAPope
     from mllm_refine.data.manifest import Manifest
     from mllm_refine.data.shapes import Shapes
 
@@ -22,3 +23,5 @@ def register_datasets(register: Callable[[str, Callable], None]) -> None:
     register("vizwiz", VizWiz)
     register("docvqa", DocVQA)
     register("pope", POPE)
+    register("easy_vqa", EasyVQA)
+    register("easy_vqa_pope", EasyVQAPope)

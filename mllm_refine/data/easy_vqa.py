@@ -116,6 +116,8 @@ def image_labels(split: str) -> dict[int, dict[str, str]]:
 class EasyVQA(Dataset):
     """The easy-VQA questions of one split; ``question_types`` keeps only those answer types."""
 
+    default_metric = "exact_match"
+
     def __init__(self, split: str = "test", limit: int | None = None, question_types: list[str] | None = None) -> None:
         _check_split(split)
         if question_types is not None:
@@ -172,6 +174,8 @@ def _pope_rows(split: str, subset: str) -> list[dict[str, Any]]:
 
 class EasyVQAPope(Dataset):
     """POPE-style yes/no object probing on easy-VQA images (see the module docstring)."""
+
+    default_metric = "pope"
 
     def __init__(self, split: str = "test", limit: int | None = None, subset: str = "random") -> None:
         _check_split(split)

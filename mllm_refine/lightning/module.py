@@ -9,16 +9,49 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from mllm_refine.adapters import adapter_for
+from mllm_refine.components import ModelInfo
+from mllm_refine.data.manifest import SampleError
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.decoder import Decoder
 from mllm_refine.lightning.data import Unreadable
 from mllm_refine.models import load_model
 from mllm_refine.recipes.loader import Recipe
+from mllm_refine.recipes.schema import RecipeError
+
+
+def error_line(sample_id: str, error: BaseException) -> str:
+    """One line naming the sample: the error's first line, prefixed with the id unless it names it."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    message = text if isinstance(error, SampleError) else f"{type(error).__name__}: {text}".strip()
+    return message if repr(str(sample_id)) in message else f"sample {str(sample_id)!r}: {message}"
 
 
 def error_record(sample_id: str, question: str | None, error: BaseException, recipe: str) -> dict[str, Any]:
-    message = f"{type(error).__name__}: {error}".strip()
-    return {"id": sample_id, "question": question, "prediction": None, "recipe": recipe, "error": message.splitlines()[0]}
+    return {"id": sample_id, "question": question, "prediction": None, "recipe": recipe, "error": error_line(sample_id, error)}
+
+
+def setup_parts(recipe: Recipe, info: ModelInfo) -> None:
+    """Bind each part to the loaded model, so a setting that does not fit it (a layer outside the
+    model, a ratio outside 0..1) is one ``RecipeError`` naming the recipe file and the key."""
+    p = recipe.parts
+    keyed = [("layer_selector", p.layer_selector), *((f"head_filters[{i}]", f) for i, f in enumerate(p.head_filters)),
+             ("logit_combiner", p.logit_combiner), *((f"input_refiners[{i}]", r) for i, r in enumerate(p.input_refiners))]  # fmt: skip
+    for key, part in keyed:
+        if part is None:
+            continue
+        try:
+            part.setup(info)
+        except ValueError as e:
+            raise RecipeError(f"{recipe.source}: {key}.{e}") from e
+
+
+def context_limit(model: Any) -> int | None:
+    """The language model's context length (``max_position_embeddings``), when it declares one."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    limit = getattr(text, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 class RefineModule(pl.LightningModule):
@@ -47,6 +80,7 @@ class RefineModule(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         # Built after Lightning placed the model, so the engine sees its final device and dtype.
+        setup_parts(self.recipe, adapter_for(self.model, self.loaded[1]).info())
         self.decoder = Decoder(self.model, self.loaded[1], self.recipe.parts, self.recipe.decode)
         self.decode_started = time.perf_counter()
 
@@ -55,22 +89,48 @@ class RefineModule(pl.LightningModule):
         for item in batch:
             if isinstance(item, Unreadable):
                 if self.fail_fast:
-                    raise item.error
+                    raise SampleError(error_line(item.id, item.error)) from item.error
                 records.append(error_record(item.id, None, item.error, self.recipe.name))
             else:
                 samples.append(item)
         return records + self._decode(samples)
 
+    def _too_long(self, sample: Sample) -> SampleError | None:
+        """A question whose tokens plus ``max_new_tokens`` exceed the model's context length; the
+        model would otherwise read positions it was never trained on (or index out of range)."""
+        assert self.decoder is not None
+        limit = context_limit(self.model)
+        if limit is None:
+            return None
+        n = len(self.decoder.tokenizer(sample.question, add_special_tokens=False)["input_ids"])
+        budget = limit - self.recipe.decode.max_new_tokens
+        if n <= budget:
+            return None
+        return SampleError(
+            f"sample {sample.id!r}: the question is {n} tokens, over the model's context length {limit} "
+            f"less decode.max_new_tokens {self.recipe.decode.max_new_tokens}"
+        )
+
     def _decode(self, samples: list[Sample]) -> list[dict[str, Any]]:
         if not samples:
             return []
         assert self.decoder is not None
+        refused = []
+        for s in samples:
+            error = self._too_long(s)
+            if error is not None:
+                if self.fail_fast:
+                    raise error
+                refused.append({**error_record(s.id, s.question, error, self.recipe.name), "answers": s.answers})
+        if refused:
+            bad = {r["id"] for r in refused}
+            return refused + self._decode([s for s in samples if s.id not in bad])
         try:
             return [{**asdict(p), "recipe": self.recipe.name, "error": None} for p in self.decoder.generate(samples)]
         except Exception as e:
-            if self.fail_fast:
-                raise
             if len(samples) == 1:
                 s = samples[0]
+                if self.fail_fast:
+                    raise SampleError(error_line(s.id, e)) from e
                 return [{**error_record(s.id, s.question, e, self.recipe.name), "answers": s.answers}]
             return [r for s in samples for r in self._decode([s])]

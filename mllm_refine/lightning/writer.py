@@ -13,6 +13,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from mllm_refine.lightning.shards import repair_tail, shard_path
 
 
+class ShardWriteError(OSError):
+    """A batch could not be written (disk full, quota); the shard is cut back to its last
+    complete batch, so what was written before stays and a rerun resumes from it."""
+
+
 class ShardWriter(BasePredictionWriter):
     """Appends each batch's records to ``shards/rank-NNNNN.jsonl``, flushed and fsynced when the
     batch ends, so a kill loses at most the batch in flight."""
@@ -39,9 +44,32 @@ class ShardWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         assert self.file is not None
-        self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction))
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        start = self.file.tell()
+        try:
+            self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as e:
+            raise self._write_failed(e, start) from e
+
+    def _write_failed(self, error: OSError, start: int) -> ShardWriteError:
+        """Drop the part of the batch that reached the file and name the shard and the cause."""
+        assert self.file is not None
+        name = self.file.name
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the buffered rest of the batch cannot be written either
+        self.file = None
+        try:
+            with open(name, "r+b") as f:
+                f.truncate(start)
+        except OSError:
+            pass  # a torn tail left here is cut when the rank appends again
+        cause = error.strerror or str(error)
+        failed = ShardWriteError(f"{name}: cannot write a batch of records ({cause}); the records already in it are kept, rerun to resume")
+        failed.errno = error.errno
+        return failed
 
     def _close(self) -> None:
         if self.file is not None:

@@ -39,6 +39,11 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _lines(title: str) -> str:
+    """Titles are "what; which side and token": one line each, so narrow figures keep them."""
+    return title.replace("; ", "\n")
+
+
 def _short(text: str, n: int = 10) -> str:
     text = text.replace("\n", "\\n").replace("$", r"\$")
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -75,7 +80,7 @@ def plot_attention(numbers: dict[str, Any], view: Image.Image | None, path: Path
         for spine in ax.spines.values():
             spine.set_edgecolor(MARK if chosen else "#888888")
             spine.set_linewidth(3 if chosen else 0.5)
-    fig.suptitle(title or "head-mean attention over the image, per block (each map scaled to its own max)", fontsize=10)
+    fig.suptitle(_lines(title or "head-mean attention over the image, per block (each map scaled to its own max)"), fontsize=10)
     return _save(fig, path)
 
 
@@ -95,7 +100,7 @@ def plot_shift(numbers: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xticks(layers)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    ax.set_title(title or "attention shift between adjacent blocks", fontsize=10)
+    ax.set_title(_lines(title or "attention shift between adjacent blocks"), fontsize=10)
     return _save(fig, path)
 
 
@@ -116,7 +121,7 @@ def plot_heads(numbers: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
     ax.set_xlabel("head")
     ax.set_ylabel("block")
-    ax.set_title(title or "head scores (before any filter)", fontsize=10)
+    ax.set_title(_lines(title or "head scores (before any filter)"), fontsize=10)
     return _save(fig, path)
 
 
@@ -146,7 +151,7 @@ def plot_lens(numbers: dict[str, Any], path: Path, title: str = "") -> Path:
             right.text(x, y, f"{_short(t['text'])}\n{t['p']:.2f}", ha="center", va="center", fontsize=6.5, color=colour)
     right.set_xticks(range(k), [f"top {i + 1}" for i in range(k)], fontsize=7)
     right.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=7)
-    fig.suptitle(title or "logit lens", fontsize=10)
+    fig.suptitle(_lines(title or "logit lens"), fontsize=10)
     return _save(fig, path)
 
 
@@ -168,5 +173,5 @@ def plot_crop(numbers: dict[str, Any], image: Image.Image, path: Path, title: st
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=MARK, linewidth=2.5))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
-    ax.set_title(title or "input refiner: importance map and crop box", fontsize=10)
+    ax.set_title(_lines(title or "input refiner: importance map and crop box"), fontsize=10)
     return _save(fig, path)

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from mllm_refine.cli import main
+from mllm_refine.testing import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 8
-ARGS = [str(ROOT / "recipes/dualpd.yaml"), f"data.n={N}", "decode.max_new_tokens=4"]
+ARGS = [str(ROOT / "recipes/dualpd.yaml"), *TINY_RUN, f"data.n={N}", "decode.max_new_tokens=4"]
 IDS = [f"shapes-0-{i:05d}" for i in range(N)]
 
 

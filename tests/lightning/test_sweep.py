@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mllm_refine.cli import main
+from mllm_refine.testing import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,7 @@ def test_dataset_suggests_its_metric(tmp_path, capsys):
     pope.write_text("".join(json.dumps({"question_id": i, "image": "img.jpg", "text": "Is there a cat?", "label": lab}) + "\n"
                             for i, lab in enumerate(["yes", "no"])))  # fmt: skip
     out = tmp_path / "run"
-    args = ["run", str(ROOT / "recipes/vanilla.yaml"), "-o", str(out), "data.name=pope", f"data.path={pope}",
+    args = ["run", str(ROOT / "recipes/vanilla.yaml"), "-o", str(out), *TINY_RUN, "data.name=pope", f"data.path={pope}",
             f"data.images={tmp_path}", "data.n=null", "decode.max_new_tokens=2"]  # fmt: skip
     assert main(args) == 2  # `n` belongs to shapes
     capsys.readouterr()

@@ -21,6 +21,7 @@ from mllm_refine.testing.tiny_models import tiny_llava
 from mllm_refine.viz.capture import diagnostic_needs
 from mllm_refine.viz.numbers import crop_numbers
 from mllm_refine_plugins.dualpd import HellingerShiftSelector
+from mllm_refine.testing import TINY_RUN
 
 pytest.importorskip("matplotlib")
 
@@ -111,7 +112,7 @@ def inspected(llava, sample, tmp_path_factory):
     reports a crop, every token."""
     from mllm_refine.viz import inspect_recipe
 
-    recipe = load_recipe(ROOT / "recipes" / "dualpd.yaml", [f"decode.max_new_tokens={TOKENS}"])
+    recipe = load_recipe(ROOT / "recipes" / "dualpd.yaml", [*TINY_RUN, f"decode.max_new_tokens={TOKENS}"])
     recipe.parts.layer_selector = RecordingShift(layers=recipe.parts.layer_selector.layers)
     recipe.parts.input_refiners = [FakeCrop()]
     out = tmp_path_factory.mktemp("inspect")
@@ -179,7 +180,7 @@ def test_recipe_numbers_equal_dualpd_own_choices(llava, sample, inspected):
     att = _json(out, "recipe", 0, "attention")
     assert att["marked"] == [side["choices"]["layer"][0]]
     model, processor = llava
-    plain = load_recipe(ROOT / "recipes" / "dualpd.yaml", [f"decode.max_new_tokens={TOKENS}"])
+    plain = load_recipe(ROOT / "recipes" / "dualpd.yaml", [*TINY_RUN, f"decode.max_new_tokens={TOKENS}"])
     plain.parts.input_refiners = [FakeCrop()]
     assert Decoder(model, processor, plain.parts, plain.decode).generate([sample])[0].tokens == side["tokens"]
 
@@ -240,7 +241,7 @@ def test_cli_with_dataset_id(tmp_path, capsys, monkeypatch):
         return Path(out) / "index.html"
 
     monkeypatch.setattr(inspector, "inspect_recipe", fake)
-    code = main(["inspect", str(ROOT / "recipes" / "dualpd.yaml"), "--id", "shapes-0-00001", "-o", str(tmp_path),
+    code = main(["inspect", str(ROOT / "recipes" / "dualpd.yaml"), "--id", "shapes-0-00001", "-o", str(tmp_path), *TINY_RUN,
                  "decode.max_new_tokens=1", "--all-tokens", "--threads", "1"])  # fmt: skip
     assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "index.html")
     (recipe, sample, out, all_tokens), = calls

@@ -9,6 +9,7 @@ import torch
 
 from mllm_refine.engine import Decoder
 from mllm_refine.recipes import load_recipe
+from mllm_refine.testing import TINY_RUN
 from tests.conftest import make_samples
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
@@ -18,7 +19,7 @@ NAMES = ["vicrop_rel", "vicrop_grad", "vicrop_puregrad", "contrastive_crop", "vc
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_batch_of_four_equals_four_of_one(tiny, name):
     _, model, processor = tiny
-    recipe = load_recipe(RECIPES / f"{name}.yaml", ["decode.max_new_tokens=2"])
+    recipe = load_recipe(RECIPES / f"{name}.yaml", [*TINY_RUN, "decode.max_new_tokens=2"])
     decoder = Decoder(model, processor, recipe.parts, recipe.decode)
     samples = make_samples(4)
     four = decoder.generate(samples)
