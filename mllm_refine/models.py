@@ -70,7 +70,9 @@ def check_model_type(folder: Path) -> None:
     adapters = get_registry().entries.get("adapter", {}).values()
     if model_type not in {t for a in adapters for t in a.obj.model_types}:
         supported = ", ".join(sorted(t for a in adapters for t in a.obj.model_types))
-        raise ModelLoadError(f"model.path: {folder}: model type {model_type!r} is not supported; supported model types: {supported}")
+        raise ModelLoadError(
+            f"model.path: {folder}: model type {model_type!r} is not supported; supported model types: {supported}"
+        )
 
 
 def load_model(

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mllm_refine.data.manifest import SampleError
+from mllm_refine.data.manifest import SampleError, to_rgb
 from mllm_refine.data.sample import Sample
 
 
@@ -81,7 +81,7 @@ class Rows(Dataset):
         row = self.rows[index]
         try:
             with Image.open(row.image) as im:
-                image = im.convert("RGB")
+                image = to_rgb(im)  # 16-bit scans are scaled, not clipped to white
         except (OSError, ValueError) as e:
             raise SampleError(f"sample {row.id!r}: cannot read image {str(row.image)!r}: {e}") from e
         return Sample(id=row.id, question=row.question, images=[image], answers=row.answers, meta=dict(row.meta))

@@ -149,7 +149,8 @@ class Manifest:
             root = self.root.resolve()
             if Path(p).is_absolute() or not full.resolve().is_relative_to(root):
                 raise SampleError(
-                    f"sample {sid!r}: image {p!r} is outside the manifest's folder {root} (set data.allow_outside_root=true to allow)"
+                    f"sample {sid!r}: image {p!r} is outside the manifest's folder {root} "
+                    "(set data.allow_outside_root=true to allow)"
                 )
         return full
 

@@ -69,6 +69,8 @@ def make_trainer(cfg: TrainerConfig, output: Path, callbacks: list[Any]) -> Any:
         enable_checkpointing=False,
         enable_model_summary=False,
         use_distributed_sampler=False,  # RecipeData splits the pending ids itself
-        inference_mode=True,
+        # Off: refiners that take gradients (ViCrop grad-att, pure-grad) need autograd, which
+        # inference mode forbids even under enable_grad; the decoder itself runs under no_grad.
+        inference_mode=False,
         default_root_dir=str(output),
     )

@@ -67,7 +67,9 @@ class ShardWriter(BasePredictionWriter):
         except OSError:
             pass  # a torn tail left here is cut when the rank appends again
         cause = error.strerror or str(error)
-        failed = ShardWriteError(f"{name}: cannot write a batch of records ({cause}); the records already in it are kept, rerun to resume")
+        failed = ShardWriteError(
+            f"{name}: cannot write a batch of records ({cause}); the records already in it are kept, rerun to resume"
+        )
         failed.errno = error.errno
         return failed
 

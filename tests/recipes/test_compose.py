@@ -25,7 +25,7 @@ def write(folder: Path, name: str, text: str) -> Path:
 def test_extends_a_shipped_recipe_by_name_with_deep_merge(tmp_path):
     p = write(tmp_path, "variant.yaml", """\
 extends: dualpd
-data: {n: 4}
+data: {limit: 4}
 logit_combiner: {alpha: 0.2}
 head_filters:
   - {name: head_norm_filter, ratio: 0.3}
@@ -33,7 +33,7 @@ head_filters:
     r = load_recipe(p)
     base = yaml.safe_load(DUALPD.read_text())
     assert r.name == "variant"  # a recipe's name is its own
-    assert r.data == {"name": "shapes", "n": 4}  # mapping merged
+    assert r.data == {"name": "easy_vqa", "split": "test", "limit": 4}  # mapping merged
     assert r.raw["logit_combiner"] == {**base["logit_combiner"], "alpha": 0.2}
     assert r.raw["head_filters"] == [{"name": "head_norm_filter", "ratio": 0.3}]  # list replaced
     assert r.parts.head_filters[0].gamma == 0.9  # the dropped gamma falls back to its default

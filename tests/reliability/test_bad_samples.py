@@ -64,8 +64,9 @@ def bad_run(tmp_path_factory: pytest.TempPathFactory, helpers: dict[str, Any]) -
     """One CLI run over every bad case and a few good ones."""
     root = tmp_path_factory.mktemp("bad")
     manifest = _manifest(root, helpers)
-    recipe = helpers["recipe"](root / "r.yaml", f"model: {{path: tiny-llava}}\ndata: {{name: manifest, path: {manifest}, max_pixels: 2000}}\n"
-                               "decode: {max_new_tokens: 3, batch_size: 4}\n")  # fmt: skip
+    text = (f"model: {{path: tiny-llava}}\ndata: {{name: manifest, path: {manifest}, max_pixels: 2000}}\n"
+            "decode: {max_new_tokens: 3, batch_size: 4}\n")  # fmt: skip
+    recipe = helpers["recipe"](root / "r.yaml", text)
     out = root / "run"
     rc = main(["run", str(recipe), "-o", str(out)])
     return {"rc": rc, "out": out, "records": helpers["records"](out / "predictions.jsonl"),

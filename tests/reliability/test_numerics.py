@@ -47,7 +47,8 @@ def broken_combiner():
 
 
 def test_nan_row_falls_back_for_that_sample_only(tmp_path, good_manifest, helpers, broken_combiner):
-    base = f"model: {{path: tiny-llava}}\ndata: {{name: manifest, path: {good_manifest}}}\ndecode: {{max_new_tokens: 4, batch_size: 3}}\n"
+    base = (f"model: {{path: tiny-llava}}\ndata: {{name: manifest, path: {good_manifest}}}\n"
+            "decode: {max_new_tokens: 4, batch_size: 3}\n")  # fmt: skip
     vanilla = helpers["recipe"](tmp_path / "vanilla.yaml", base)
     broken = helpers["recipe"](tmp_path / "broken.yaml", base + "logit_combiner: {name: first_row_broken}\n")
     assert main(["run", str(vanilla), "-o", str(tmp_path / "vanilla")]) == 0

@@ -13,6 +13,7 @@ from mllm_refine.cli import main
 from mllm_refine.models import ModelLoadError, allow_remote_code, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
+PICKLE = (r"^\s*import (c?pickle|dill|joblib)\b", r"^\s*from (c?pickle|dill|joblib) import", r"use_safetensors\s*=\s*False")
 
 
 def test_a_python_tag_in_a_recipe_is_refused_and_never_run(tmp_path, capsys):
@@ -65,6 +66,6 @@ def test_no_pickle_loads_in_the_sources():
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             if "weights_only=True" not in m.group(1):
                 bad.append(f"{path}: {m.group(0)}")
-        for pattern in (r"^\s*import (c?pickle|dill|joblib)\b", r"^\s*from (c?pickle|dill|joblib) import", r"use_safetensors\s*=\s*False"):
+        for pattern in PICKLE:
             bad += [f"{path}: {m.group(0).strip()}" for m in re.finditer(pattern, text, re.M)]
     assert not bad, bad

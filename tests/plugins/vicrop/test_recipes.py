@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,14 @@ def test_recipe_batch_of_four_equals_four_of_one(tiny, name):
             x0, y0, x1, y1 = got["box"]
             assert 0 <= x0 < x1 <= s.images[0].width and 0 <= y0 < y1 <= s.images[0].height
             assert len(p.meta[refiner.name]["map"]) >= 1
+
+
+def test_gradient_maps_run_through_the_predict_loop(tmp_path):
+    """Lightning's inference mode would forbid the backward pass of grad-att and pure-grad."""
+    from mllm_refine.cli import main
+
+    for name in ("vicrop_grad", "vicrop_puregrad"):
+        out = tmp_path / name
+        args = ["run", str(RECIPES / f"{name}.yaml"), "-o", str(out), *TINY_RUN, "data.n=2", "decode.max_new_tokens=2"]
+        assert main(args) == 0
+        assert all(json.loads(line)["error"] is None for line in (out / "predictions.jsonl").read_text().splitlines())
