@@ -19,7 +19,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=16, help="new tokens per batch-1 run")
     p.add_argument("--batch", type=int, default=16, help="the larger batch size")
     p.add_argument("--batch-tokens", type=int, default=8, help="new tokens per run at --batch")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs at batch 1 (after a warm-up)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds at batch 1 (after a warm-up)")
+    p.add_argument("--batch-repeats", type=int, default=2, help="timed rounds at --batch")
     p.add_argument("--reference", choices=["both", "nocache", "cache", "none"], default="both")
     p.add_argument("--ref-tokens", type=int, default=8, help="new tokens per reference-style run")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed reference-style runs (after a warm-up)")
@@ -98,29 +99,111 @@ def weights_mb(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def time_ours(
-    decoder: Decoder, samples: list[Sample], tokens: int, repeats: int, device: torch.device, warm_up: bool = True
-) -> tuple[dict, list]:
-    """Timing summary and predictions of ``repeats`` runs, after a 2-token warm-up if asked."""
-    if warm_up:
-        decoder.config.max_new_tokens = 2
-        decoder.generate(samples)
-    decoder.config.max_new_tokens = tokens
-    timing, meter, preds = Timing(skip=0 if warm_up else 1), MemoryMeter(device), None
+class Runs:
+    """Every timed run and memory run of one recipe at batch 1 and at the large batch."""
 
-    def run(clock: StepClock, generate_start: list[float]) -> Any:
-        with clocked_generate(decoder.model, clock, generate_start):
-            return decoder.generate(samples)
+    def __init__(self, decoder: Decoder, big: str, device: torch.device) -> None:
+        self.decoder = decoder
+        self.device = device
+        self.timing = {"1": Timing(), big: Timing(skip=1)}  # the large batch: first step left out
+        self.meter = {"1": MemoryMeter(device), big: MemoryMeter(device)}
+        self.preds: dict[str, list] = {}
 
-    for _ in range(repeats):
-        preds = run_timed(run, device, timing, meter)
-    summary = timing.summary(len(samples))
-    summary["peak_delta_mb"] = round(meter.peak_mb, 1)
-    return summary, preds
+    def run(self, samples: list[Sample], tokens: int, memory: bool) -> None:
+        """One ``generate`` of ``samples``: timed, or (``memory``) under the memory meter only."""
+        batch = str(len(samples))
+        self.decoder.config.max_new_tokens = tokens
+
+        def generate(clock: StepClock, generate_start: list[float]) -> Any:
+            with clocked_generate(self.decoder.model, clock, generate_start):
+                return self.decoder.generate(samples)
+
+        timing, meter = (None, self.meter[batch]) if memory else (self.timing[batch], None)
+        self.preds[batch] = run_timed(generate, self.device, timing, meter)
+
+    def row(self, name: str, w_mb: float, batch_tokens: int) -> dict:
+        runs = {}
+        for batch, timing in self.timing.items():
+            runs[batch] = timing.summary(int(batch))
+            runs[batch]["peak_delta_mb"] = round(self.meter[batch].peak_mb, 1)
+            runs[batch]["peak_mb"] = round(w_mb + self.meter[batch].peak_mb, 1)
+        big = [b for b in runs if b != "1"][0]
+        tokens, tokens_n = self.preds["1"][0].tokens, self.preds[big][0].tokens
+        consistent = tokens_n == tokens[: len(tokens_n)] or len(tokens_n) < batch_tokens
+        b1, bn = runs["1"], runs[big]
+        print(
+            f"  {name}: b1 {b1['per_token_ms']} ms/token, prefill {b1['prefill_ms']} ms; "
+            f"b{big} {bn['per_token_ms']} ms/step; peak +{b1['peak_delta_mb']} / +{bn['peak_delta_mb']} MiB",
+            flush=True,
+        )
+        return {"recipe": name, "runs": runs, "tokens_b1": tokens, "batch_agrees_b1": consistent}
 
 
-def time_reference(decoder: Decoder, sample: Sample, mode: str, tokens: int, repeats: int, device: torch.device) -> tuple[dict, list[int]] | str:
-    """Reference-style loop at batch 1: timing summary and tokens, or why there is none."""
+def _first_line(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{type(e).__name__}: {first}"[:160]
+
+
+class Bench:
+    """All recipes side by side. Memory runs come first, on a heap where every large block is an
+    ``mmap`` of its own; timing runs follow with the allocator's ordinary reuse (see ``measure``),
+    in interleaved rounds: round r runs each recipe once before round r + 1 starts, so a machine
+    that slows down over the run slows every recipe alike and the ratios stay fair."""
+
+    def __init__(self, recipes: list[tuple[str, Path | None]], model: Any, processor: Any, samples: list[Sample], args: argparse.Namespace) -> None:
+        self.args = args
+        self.samples = samples
+        self.big = str(args.batch)
+        self.device = torch.device(args.device)
+        self.order = [name for name, _ in recipes]
+        self.runs: dict[str, Runs] = {}
+        self.errors: dict[str, str] = {}
+        for name, path in recipes:  # build and warm up (2 tokens at batch 1) every recipe first
+            try:
+                decoder = make_decoder(model, processor, path, 2)
+                decoder.generate(samples[:1])
+                self.runs[name] = Runs(decoder, self.big, self.device)
+            except Exception as e:  # a recipe that cannot run on this model is reported, the others go on
+                self.fail(name, "skipped", e)
+        self.plan = [(samples[:1], args.max_new_tokens, args.repeats), (samples[: args.batch], args.batch_tokens, args.batch_repeats)]
+
+    def fail(self, name: str, what: str, e: Exception) -> None:
+        self.errors[name] = _first_line(e)
+        self.runs.pop(name, None)
+        print(f"  {name}: {what}: {self.errors[name]}", flush=True)
+
+    def each(self, samples: list[Sample], tokens: int, memory: bool) -> None:
+        for name, runs in list(self.runs.items()):
+            try:
+                runs.run(samples, tokens, memory)
+            except Exception as e:
+                self.fail(name, f"failed at batch {len(samples)}", e)
+
+    def memory(self) -> None:
+        for samples, tokens, _ in self.plan:
+            self.each(samples, tokens, memory=True)
+            print(f"  batch {len(samples)}: memory runs done", flush=True)
+
+    def timing(self) -> None:
+        if "vanilla" in self.runs:  # the first large batch pays the allocator's first touch, untimed
+            self.runs["vanilla"].decoder.config.max_new_tokens = 2
+            self.runs["vanilla"].decoder.generate(self.plan[1][0])
+        for samples, tokens, rounds in self.plan:
+            for r in range(rounds):
+                self.each(samples, tokens, memory=False)
+                print(f"  batch {len(samples)}: round {r + 1}/{rounds} done", flush=True)
+
+    def rows(self, w_mb: float) -> list[dict]:
+        return [
+            {"recipe": name, "error": self.errors[name]} if name in self.errors
+            else self.runs[name].row(name, w_mb, self.args.batch_tokens)
+            for name in self.order
+        ]  # fmt: skip
+
+
+def reference_method(decoder: Decoder, sample: Sample, mode: str, tokens: int) -> Callable[[StepClock, list[float]], list[int]] | str:
+    """A reference-style decode of ``sample`` at batch 1 (a run function for ``run_timed``), or
+    why the recipe has none."""
     built = build_method(decoder.parts)
     if isinstance(built, str):
         return built
@@ -128,13 +211,34 @@ def time_reference(decoder: Decoder, sample: Sample, mode: str, tokens: int, rep
     config = dataclasses.replace(decoder.config, max_new_tokens=tokens)
     eos = decoder._eos_ids(decoder.generation_config())
     args = (decoder.model, decoder.adapter, sample, method, filters)
-    reference_generate(*args, dataclasses.replace(config, max_new_tokens=1), eos, mode == "cache", [], [])
-    timing, meter, new = Timing(), MemoryMeter(device), []
+    reference_generate(*args, dataclasses.replace(config, max_new_tokens=1), eos, mode == "cache", [], [])  # warm-up
+
+    def run(clock: StepClock, generate_start: list[float]) -> list[int]:
+        new = reference_generate(*args, config, eos, mode == "cache", clock.stamps, generate_start)
+        return [t for t in new if t not in eos]
+
+    return run
+
+
+def reference_memory(decoder: Decoder, sample: Sample, mode: str, tokens: int) -> tuple[float, list[int]] | str:
+    """Peak memory delta (MiB) and tokens of one reference-style run, or why there is none."""
+    run = reference_method(decoder, sample, mode, tokens)
+    if isinstance(run, str):
+        return run
+    meter = MemoryMeter(torch.device(decoder.model.device))
+    new = run_timed(run, meter.device, None, meter)
+    return round(meter.peak_mb, 1), new
+
+
+def reference_timing(decoder: Decoder, sample: Sample, mode: str, tokens: int, repeats: int) -> tuple[dict, list[int]] | str:
+    """Timing summary and tokens of ``repeats`` reference-style runs at batch 1."""
+    run = reference_method(decoder, sample, mode, tokens)
+    if isinstance(run, str):
+        return run
+    timing, new = Timing(), []
     for _ in range(repeats):
-        new = run_timed(lambda clock, gs: reference_generate(*args, config, eos, mode == "cache", clock.stamps, gs), device, timing, meter)
-    summary = timing.summary(1)
-    summary["peak_delta_mb"] = round(meter.peak_mb, 1)
-    return summary, [t for t in new if t not in eos]
+        new = run_timed(run, torch.device(decoder.model.device), timing, None)
+    return timing.summary(1), new
 
 
 def agreement(ours: list[int], ref: list[int], ref_limit: int) -> tuple[bool, int]:
@@ -144,45 +248,41 @@ def agreement(ours: list[int], ref: list[int], ref_limit: int) -> tuple[bool, in
     return same, n
 
 
-def bench_recipe(name: str, path: Path | None, model: Any, processor: Any, samples: list[Sample], args: argparse.Namespace, w_mb: float) -> tuple[dict, Decoder | None, list[int]]:
-    """One recipe row: batch-1 and large-batch runs; the decoder and batch-1 tokens for reference runs."""
-    device = torch.device(args.device)
-    try:
-        decoder = make_decoder(model, processor, path, args.max_new_tokens)
-        b1, preds = time_ours(decoder, samples[:1], args.max_new_tokens, args.repeats, device)
-        # One run at the large batch, warmed by the batch-1 runs: its first step is left out of the median.
-        bn, preds_n = time_ours(decoder, samples[: args.batch], args.batch_tokens, 1, device, warm_up=False)
-    except Exception as e:  # a recipe that cannot run on this model is reported, the others go on
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"  {name}: skipped: {first}", flush=True)
-        return {"recipe": name, "error": f"{type(e).__name__}: {first}"[:160]}, None, []
-    for run in (b1, bn):
-        run["peak_mb"] = round(w_mb + run["peak_delta_mb"], 1)
-    tokens = preds[0].tokens
-    consistent = preds_n[0].tokens == tokens[: len(preds_n[0].tokens)] or len(preds_n[0].tokens) < args.batch_tokens
-    print(
-        f"  {name}: b1 {b1['per_token_ms']} ms/token, prefill {b1['prefill_ms']} ms; "
-        f"b{args.batch} {bn['per_token_ms']} ms/step; peak +{b1['peak_delta_mb']} / +{bn['peak_delta_mb']} MiB",
-        flush=True,
-    )
-    row = {"recipe": name, "runs": {"1": b1, str(args.batch): bn}, "tokens_b1": tokens, "batch_agrees_b1": consistent}
-    return row, decoder, tokens
+def reference_modes(args: argparse.Namespace) -> list[str]:
+    return {"both": ["nocache", "cache"], "none": []}.get(args.reference, [args.reference])
 
 
-def bench_references(name: str, decoder: Decoder, sample: Sample, ours: list[int], args: argparse.Namespace, w_mb: float, prompt_tokens: int) -> list[dict]:
-    modes = {"both": ["nocache", "cache"], "none": []}.get(args.reference, [args.reference])
-    rows = []
-    for mode in modes:
-        got = time_reference(decoder, sample, mode, args.ref_tokens, args.ref_repeats, torch.device(args.device))
-        if isinstance(got, str):
-            return [] if name != "vanilla" else [{"recipe": name, "mode": mode, "error": got}]
-        summary, tokens = got
-        same, n = agreement(ours, tokens, args.ref_tokens)
-        summary["peak_mb"] = round(w_mb + summary["peak_delta_mb"], 1)
-        rows.append({"recipe": name, "mode": mode, **summary, "prompt_tokens": prompt_tokens, "agree": same,
-                     "compared": n, "tokens": tokens})  # fmt: skip
-        print(f"  {name} reference ({mode}): {summary['per_token_ms']} ms/token, agree={same} over {n}", flush=True)
-    return rows
+def reference_peaks(bench: Bench) -> dict[tuple[str, str], float | str]:
+    """Memory phase: the peak of each recipe's reference-style run, per mode."""
+    peaks: dict[tuple[str, str], float | str] = {}
+    for name, runs in bench.runs.items():
+        for mode in reference_modes(bench.args):
+            got = reference_memory(runs.decoder, bench.samples[0], mode, bench.args.ref_tokens)
+            peaks[(name, mode)] = got if isinstance(got, str) else got[0]
+    return peaks
+
+
+def bench_references(bench: Bench, rows: list[dict], peaks: dict, w_mb: float, prompt_tokens: int) -> list[dict]:
+    """Timing phase: each recipe's reference-style runs, with their peaks from the memory phase."""
+    out = []
+    for row in rows:
+        name = row["recipe"]
+        if name not in bench.runs:
+            continue
+        for mode in reference_modes(bench.args):
+            got = reference_timing(bench.runs[name].decoder, bench.samples[0], mode, bench.args.ref_tokens, bench.args.ref_repeats)
+            if isinstance(got, str):
+                if name == "vanilla":
+                    out.append({"recipe": name, "mode": mode, "error": got})
+                continue
+            summary, tokens = got
+            same, n = agreement(row["tokens_b1"], tokens, bench.args.ref_tokens)
+            summary["peak_delta_mb"] = peaks[(name, mode)]
+            summary["peak_mb"] = round(w_mb + summary["peak_delta_mb"], 1)
+            out.append({"recipe": name, "mode": mode, **summary, "prompt_tokens": prompt_tokens, "agree": same,
+                        "compared": n, "tokens": tokens})  # fmt: skip
+            print(f"  {name} reference ({mode}): {summary['per_token_ms']} ms/token, agree={same} over {n}", flush=True)
+    return out
 
 
 def memory_scaling(model: Any, processor: Any, args: argparse.Namespace) -> list[dict]:
@@ -191,27 +291,28 @@ def memory_scaling(model: Any, processor: Any, args: argparse.Namespace) -> list
     path = args.recipes_dir / f"{args.memory_recipe}.yaml"
     if not lengths or not path.exists():
         return []
-    device = torch.device(args.device)
     decoder = make_decoder(model, processor, path, args.memory_tokens)
     rows = []
     for length in lengths:
         sample, tokens = prompt_of_length(decoder.adapter, length, image_px(processor), args.seed)
-        ours, preds = time_ours(decoder, [sample], args.memory_tokens, 1, device)
+        decoder.config.max_new_tokens = 2
+        decoder.generate([sample])  # warm-up
+        runs = Runs(decoder, "1", torch.device(args.device))
+        runs.run([sample], args.memory_tokens, memory=True)
         row = {"recipe": args.memory_recipe, "target_tokens": length, "prompt_tokens": tokens,
-               "ours_delta_mb": ours["peak_delta_mb"], "ours_prefill_ms": ours["prefill_ms"]}  # fmt: skip
+               "ours_delta_mb": round(runs.meter["1"].peak_mb, 1)}  # fmt: skip
         info = decoder.adapter.info()
         maps_gb = info.num_layers * info.num_heads * tokens**2 * model.dtype.itemsize / 2**30  # every (H, T, T) map
         got = (
-            time_reference(decoder, sample, "cache", args.memory_tokens, 1, device)
+            reference_memory(decoder, sample, "cache", args.memory_tokens)
             if maps_gb <= args.ref_memory_gb
             else f"its attention maps alone take {maps_gb:.1f} GiB (--ref-memory-gb {args.ref_memory_gb})"
         )
         if isinstance(got, str):
             row["reference_skipped"] = got
         else:
-            ref, ref_tokens = got
-            row.update(reference_delta_mb=ref["peak_delta_mb"], reference_prefill_ms=ref["prefill_ms"])
-            row["agree"] = agreement(preds[0].tokens, ref_tokens, args.memory_tokens)[0]
+            row["reference_delta_mb"], ref_tokens = got
+            row["agree"] = agreement(runs.preds["1"][0].tokens, ref_tokens, args.memory_tokens)[0]
         print(f"  memory {tokens} tokens: ours +{row['ours_delta_mb']} MiB, reference +{row.get('reference_delta_mb')} MiB", flush=True)
         rows.append(row)
     return rows
@@ -225,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write(result, args.json, args.markdown)
         return 0
     torch.set_num_threads(args.threads)
-    pinned = measure.pin_allocator()
+    exact = measure.set_allocator(exact=True)  # before the model: the memory phase needs a clean heap
     device = torch.device(args.device)
     model, processor, model_name, dtype = load_model(args)
     w_mb = weights_mb(model)
@@ -235,27 +336,28 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": "python benchmarks/decode_cost.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "machine": measure.machine(args.threads, device),
-        "recipes": [],
-        "reference": [],
     }
+    bench = Bench(recipes, model, processor, samples, args)
+    bench.memory()
+    peaks = reference_peaks(bench)
+    result["memory_scaling"] = memory_scaling(model, processor, args)
+    measure.set_allocator(exact=False)
+    bench.timing()
+    result["recipes"] = bench.rows(w_mb)
     prompt_tokens = image_tokens = 0
-    for name, path in recipes:
-        row, decoder, tokens = bench_recipe(name, path, model, processor, samples, args, w_mb)
-        result["recipes"].append(row)
-        if decoder is None:
-            continue
-        ids = decoder.adapter.prepare(samples[:1])["input_ids"]
-        prompt_tokens, image_tokens = ids.shape[1], int(decoder.adapter.image_keys(ids).sum())
-        result["reference"] += bench_references(name, decoder, samples[0], tokens, args, w_mb, prompt_tokens)
+    if bench.runs:
+        ids = next(iter(bench.runs.values())).decoder.adapter.prepare(samples[:1])["input_ids"]
+        prompt_tokens, image_tokens = ids.shape[1], int(next(iter(bench.runs.values())).decoder.adapter.image_keys(ids).sum())
+    result["reference"] = bench_references(bench, result["recipes"], peaks, w_mb, prompt_tokens)
     result["settings"] = {
         "model": model_name, "dtype": dtype, "device": str(device), "prompt_tokens": prompt_tokens,
         "image_tokens": image_tokens, "max_new_tokens": args.max_new_tokens, "batch": args.batch,
-        "batch_tokens": args.batch_tokens, "repeats": args.repeats, "ref_tokens": args.ref_tokens,
-        "ref_repeats": args.ref_repeats, "memory_tokens": args.memory_tokens, "weights_mb": round(w_mb, 1),
-        "memory_method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else
-        f"resident-set high-water mark above the start (mmap-backed allocations: {pinned}); peak = weights + delta",
+        "batch_tokens": args.batch_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats,
+        "ref_tokens": args.ref_tokens, "ref_repeats": args.ref_repeats, "memory_tokens": args.memory_tokens,
+        "weights_mb": round(w_mb, 1),
+        "memory_method": "torch.cuda.max_memory_allocated, one separate run" if device.type == "cuda" else
+        f"resident-set high-water mark above the start, one separate run (mmap-backed allocations: {exact}); peak = weights + delta",
     }  # fmt: skip
-    result["memory_scaling"] = memory_scaling(model, processor, args)
     profile_path = args.recipes_dir / f"{args.profile_recipe}.yaml"
     if args.profile_recipe and profile_path.exists():
         decoder = make_decoder(model, processor, profile_path, args.max_new_tokens)

@@ -7,9 +7,10 @@ each later gap is one decode step: forward, parts, penalties and the choice.
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated``. On a CPU, the resident-set high-water
 mark (``VmHWM``, reset through ``/proc/self/clear_refs``) above the resident set at the start;
-``tracemalloc`` would miss tensors (torch allocates outside Python's allocator). Large
-allocations are forced onto ``mmap`` so freed tensors leave the resident set at once and every
-measurement starts from the same floor.
+``tracemalloc`` would miss tensors (torch allocates outside Python's allocator). Memory runs are
+separate from timing runs: in them large allocations are forced onto ``mmap`` (``set_allocator``)
+so freed tensors leave the resident set at once and every measurement starts from the same
+floor; timing runs keep the heap's reuse, which page faults would otherwise swamp.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import platform
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -30,13 +31,38 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
-def pin_allocator() -> bool:
-    """glibc only: allocations above 64 KiB use ``mmap`` and go back to the OS when freed."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024))
-    except OSError:
+def set_allocator(exact: bool) -> bool:
+    """glibc only; False where it is not glibc.
+
+    ``exact=True`` (memory runs): allocations above 64 KiB use ``mmap`` and go back to the OS when
+    freed, and the heap is trimmed now, so the resident set follows the live tensors.
+    ``exact=False`` (timing runs): large blocks stay in the heap for reuse (32 MiB ``mmap``
+    threshold, 64 MiB trim threshold), so a step does not pay page faults for every tensor it
+    allocates, which would add time and noise alike to every recipe.
+    """
+    libc = _libc()
+    if libc is None:
         return False
+    mmap_at, trim_at = (64 * 1024, 128 * 1024) if exact else (32 * 2**20, 64 * 2**20)
+    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_at)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_at))
+    if exact:
+        trim_heap()
+    return ok
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """glibc only: give the pages of every free heap chunk back to the OS (``malloc_trim(0)``)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def sync(device: torch.device) -> None:
@@ -70,6 +96,7 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             delta = torch.cuda.max_memory_allocated(self.device) - base
         else:
+            trim_heap()  # free heap chunks leave the resident set: reusing them counts again
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current resident set
             base = _status_kb("VmRSS") * 1024
@@ -140,16 +167,20 @@ class Timing:
         }
 
 
-def run_timed(fn: Callable[[StepClock, list[float]], Any], device: torch.device, timing: Timing, meter: MemoryMeter) -> Any:
-    """Run ``fn(clock, generate_start)`` once under the meter; add its times to ``timing``."""
+def run_timed(
+    fn: Callable[[StepClock, list[float]], Any], device: torch.device, timing: Timing | None, meter: MemoryMeter | None
+) -> Any:
+    """Run ``fn(clock, generate_start)`` once, under ``meter`` if given; add its times to ``timing``
+    if given (a memory run is not timed: its allocator setting slows it)."""
     clock, generate_start = StepClock(device), []
-    with meter.measure():
+    with meter.measure() if meter is not None else nullcontext():
         sync(device)
         start = time.perf_counter()
         result = fn(clock, generate_start)
         sync(device)
         end = time.perf_counter()
-    timing.add(start, generate_start[0] if generate_start else start, clock.stamps, end)
+    if timing is not None:
+        timing.add(start, generate_start[0] if generate_start else start, clock.stamps, end)
     return result
 
 

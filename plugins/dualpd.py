@@ -47,19 +47,24 @@ class HellingerShiftSelector(LayerSelector):
         L = info.num_layers
         default = list(range(2, L - max(1, L // 8) + 1)) or [L]
         self._candidates = resolve_layers(self.layers or default, L, "layers", lowest=2)
+        self._blocks = sorted({l for c in self._candidates for l in (c - 1, c)})  # every block read
+        slot = {l: i for i, l in enumerate(self._blocks)}
+        self._cur = torch.tensor([slot[c] for c in self._candidates])  # (C,) slot of block l
+        self._prev = torch.tensor([slot[c - 1] for c in self._candidates])  # (C,) slot of block l - 1
 
     def candidates(self) -> list[int]:
         return self._candidates
 
     def needs(self) -> Needs:
         # Each candidate l compares block l with block l - 1.
-        blocks = {l for c in self._candidates for l in (c - 1, c)}
-        return Needs(attention=frozenset(blocks))
+        return Needs(attention=frozenset(self._blocks))
 
     def shifts(self, view: StepView) -> torch.Tensor:
         """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
-        mean = {l: view.attention(l).mean(1) for l in self.needs().attention}  # l -> (B, I) head-mean
-        return torch.stack([hellinger(mean[c - 1], mean[c]) for c in self._candidates], dim=1)  # (B, C)
+        rows = torch.stack([view.attention(l) for l in self._blocks], dim=1)  # (B, N, H, I)
+        mean = rows.mean(2)  # (B, N, I): head-mean image attention of each block read
+        cur, prev = self._cur.to(mean.device), self._prev.to(mean.device)
+        return hellinger(mean[:, prev], mean[:, cur])  # (B, C)
 
     def select(self, view: StepView) -> torch.Tensor:
         s = self.shifts(view)  # (B, C)
@@ -94,18 +99,18 @@ class HeadNormFilter(HeadFilter):
     def active_layers(self) -> list[int]:
         return self._layers
 
-    def suppressed(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:
-        """``(B, H)`` bool: the ``count`` heads with the lowest score norm, per sample."""
+    def lowest(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:
+        """``(B, count)`` long: the heads with the lowest score norm, per sample."""
         keep = row.key_valid if self.keys == "all" else row.key_valid & row.image_keys  # (B, K)
-        norm = (scores * keep[:, None, :]).norm(dim=-1)  # (B, H)
-        lowest = norm.topk(self.count, dim=-1, largest=False).indices  # (B, count)
-        return torch.zeros_like(norm, dtype=torch.bool).scatter_(1, lowest, True)
+        norm = torch.linalg.vector_norm(scores * keep[:, None, :], dim=-1)  # (B, H)
+        return norm.topk(self.count, dim=-1, largest=False).indices  # (B, count)
 
     def scores(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:
-        mask = self.suppressed(scores, row)  # (B, H)
-        if row.step == 0:
-            self._suppressed[row.layer] = mask.cpu()
-        factor = torch.where(mask, self.gamma, 1.0).to(scores.dtype)  # (B, H)
+        lowest = self.lowest(scores, row)  # (B, count)
+        factor = torch.ones(scores.shape[:2], dtype=scores.dtype, device=scores.device)  # (B, H)
+        factor.scatter_(1, lowest, self.gamma)  # gamma on the suppressed heads, 1 elsewhere
+        if row.step == 0:  # for the report: (B, H) bool
+            self._suppressed[row.layer] = torch.zeros(factor.shape, dtype=torch.bool).scatter_(1, lowest.cpu(), True)
         return scores * factor[:, :, None]
 
     def report(self) -> dict[str, Any]:

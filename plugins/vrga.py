@@ -43,18 +43,27 @@ from mllm_refine.hookspecs import hookimpl
 TINY = torch.finfo(torch.float32).tiny
 
 
+def key_columns(image_keys: torch.Tensor, key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, K, 2)``: image keys and valid keys (B, K) as 0/1 columns, so one ``bmm`` sums a row
+    over each."""
+    return torch.stack([image_keys, key_valid], dim=-1).to(dtype)
+
+
 def row_stats(
-    probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Tensor
+    probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Tensor, cols: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(R, H)``, each ``(B, H)``, of attention rows ``probs`` (B, H, K): the image's mean
-    probability over the mean of all valid keys, and the entropy (nats) of the image part."""
-    img, valid = image_keys[:, None, :], key_valid[:, None, :]  # (B, 1, K)
-    mass = (probs * img).sum(-1)  # (B, H)
-    mean_image = mass / img.sum(-1).clamp_min(1)
-    mean_all = (probs * valid).sum(-1) / valid.sum(-1).clamp_min(1)
-    ratio = mean_image / mean_all.clamp_min(TINY)
-    p = probs * img / mass[..., None].clamp_min(TINY)  # (B, H, K): image part, renormalised
-    entropy = -torch.special.xlogy(p, p).sum(-1)
+    probability over the mean of all valid keys, and the entropy (nats) of the image part.
+    ``cols``: ``key_columns`` of the masks, when the caller already has them."""
+    cols = key_columns(image_keys, key_valid, probs.dtype) if cols is None else cols  # (B, K, 2)
+    sums = torch.bmm(probs, cols)  # (B, H, 2): attention on image keys, on valid keys
+    counts = cols.sum(1).clamp_min(1)  # (B, 2)
+    mass = sums[..., 0]  # (B, H)
+    ratio = (mass / counts[:, None, 0]) / (sums[..., 1] / counts[:, None, 1]).clamp_min(TINY)
+    # Entropy of p = a / m over the image: -sum p log p = log m - (sum a log a) / m.
+    a_log_a = torch.bmm(torch.special.xlogy(probs, probs), cols[..., :1])[..., 0]  # (B, H)
+    m = mass.clamp_min(TINY)
+    entropy = torch.where(mass > 0, m.log() - a_log_a / m, 0.0)
     return ratio, entropy
 
 
@@ -234,12 +243,16 @@ class VRGAFilter(HeadFilter):
             return probs
         if row.layer not in self._reweight:
             return probs
-        boost = row.state[key]  # (B, T)
-        boost = F.pad(boost, (0, probs.shape[-1] - boost.shape[1]))  # (B, K): new tokens are no image
-        ratio, entropy = row_stats(probs, row.image_keys, row.key_valid)  # (B, H)
+        K = probs.shape[-1]
+        cached = row.state.get(key + ":step")
+        if cached is None or cached[0] != K:  # once per step: every block of it has the same keys
+            boost = F.pad(row.state[key], (0, K - row.state[key].shape[1]))  # (B, K): new tokens are no image
+            cols = key_columns(row.image_keys, row.key_valid, probs.dtype)  # (B, K, 2)
+            cached = row.state[key + ":step"] = (K, self.gamma * boost.to(probs.dtype)[:, None, :], cols)
+        _, boost, cols = cached  # boost: (B, 1, K) gamma on the focus keys, 0 elsewhere
+        ratio, entropy = row_stats(probs, row.image_keys, row.key_valid, cols)  # (B, H)
         engaged = (ratio > self.engaged_r) & (ratio > self.engaged_h * entropy)  # (B, H)
-        factor = 1 + self.gamma * (engaged[:, :, None] & boost[:, None, :]).to(probs.dtype)  # (B, H, K)
-        p = probs * factor
+        p = torch.addcmul(probs, probs, engaged.to(probs.dtype)[:, :, None] * boost)  # (B, H, K): a * (1 + gamma)
         return p / p.sum(-1, keepdim=True)
 
     def report(self) -> dict[str, Any]:

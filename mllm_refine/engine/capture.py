@@ -35,11 +35,42 @@ def refine_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """``sdpa``, plus the probes and filters of an active ``Capture`` on this module."""
+    capture = getattr(module, _CAPTURE_ATTR, None)
+    if capture is not None and query.shape[2] == 1 and capture.owns_row(module):
+        # A decode step of a probed block: the probe's eager row is the whole output, so sdpa
+        # would compute the same (B, 1, H, Dh) a second time.
+        return capture.on_attention(module, query, key, value, attention_mask, scaling, None), None
     out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    capture: Capture | None = getattr(module, _CAPTURE_ATTR, None)
     if capture is not None:
         out = capture.on_attention(module, query, key, value, attention_mask, scaling, out)
     return out, weights
+
+
+def row_scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """``(B, H, K)`` float32 (or wider) pre-softmax scores of the last query row of ``query``
+    (B, H, Q, Dh) against ``key`` (B, Hkv, K, Dh); grouped heads share a key head without a copy."""
+    B, H, _, Dh = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    scale = scaling if scaling is not None else Dh**-0.5
+    q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh).to(dtype) * scale  # (B, Hkv, rep, Dh): h = g * rep + r
+    # matmul over a transposed view: einsum copies K into a permuted layout at every call.
+    return torch.matmul(q, key.to(dtype).transpose(-1, -2)).reshape(B, H, K)  # (B, H, K)
+
+
+def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The block's attention output ``(B, Q, H, Dh)`` with its last row made from ``probs``
+    (B, H, K) and ``value`` (B, Hkv, K, Dh); ``out`` None: the output is that row alone (Q = 1)."""
+    B, H, K = probs.shape
+    Hkv, Dh = value.shape[1], value.shape[3]
+    p = probs.reshape(B, Hkv, H // Hkv, K)  # (B, Hkv, rep, K)
+    row = torch.matmul(p, value.to(probs.dtype)).reshape(B, 1, H, Dh).to(dtype)  # (B, 1, H, Dh)
+    if out is None:
+        return row
+    if out.requires_grad:  # sdpa's backward reads its own output: never edit it in place
+        return torch.cat([out[:, :-1], row], dim=1)
+    out[:, -1:] = row  # sdpa's output is a fresh tensor of this call
+    return out
 
 
 AttentionInterface.register(ATTENTION_NAME, refine_attention)
@@ -80,6 +111,7 @@ class Capture:
         self.paused = False  # True while a branch pass runs: no probe records, no filter acts
         self.branches: Any = None  # engine.branches.BranchRunner when Needs.branches is set
         self.branch_logits: dict[str, torch.Tensor] = {}  # name -> (B, V) at the current step
+        self._masks: tuple | None = None  # (attention_mask, (B, K), (key_valid, image_keys))
 
     @contextmanager
     def pause(self) -> Iterator["Capture"]:
@@ -96,6 +128,7 @@ class Capture:
         if self.needs.image_grid and inputs is None:
             raise ValueError("Needs.image_grid: Capture.begin needs the prepared inputs to locate image grids")
         self.image_grid = self.adapter.image_grid(inputs) if self.needs.image_grid else None
+        self._masks = None
         mask = inputs.get("attention_mask") if inputs is not None else None
         # (B, T) bool: real prompt tokens, False on left padding.
         self.prompt_valid = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
@@ -112,37 +145,52 @@ class Capture:
         mask = self.prompt_image_keys
         return torch.nn.functional.pad(mask, (0, keys - mask.shape[1]))
 
+    def _probed(self, layer: int) -> bool:
+        needs = self.needs
+        return (
+            layer in self.filters
+            or layer in needs.attention
+            or layer in needs.scores
+            or (layer in needs.prefill_rows and self.step == 0)
+        )
+
+    def owns_row(self, module: nn.Module) -> bool:
+        """True when ``on_attention`` will compute this block's current row itself."""
+        return not self.paused and self._probed(module.layer_idx + 1)
+
+    def _key_masks(self, attention_mask: torch.Tensor | None, batch: int, keys: int, device: torch.device) -> tuple:
+        """``(key_valid, image_keys)``, (B, K) bool each, built once per forward pass: every block
+        of a pass gets the same mask object and key count."""
+        cached = self._masks
+        if cached is not None and cached[0] is attention_mask and cached[1] == (batch, keys):
+            return cached[2]
+        masks = (_row_key_mask(attention_mask, batch, keys, device), self.image_keys(keys))
+        self._masks = (attention_mask, (batch, keys), masks)  # holds the mask: its id is not reused
+        return masks
+
     def on_attention(
         self,
         module: nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        query: torch.Tensor,  # (B, H, Q, Dh)
+        key: torch.Tensor,  # (B, Hkv, K, Dh)
+        value: torch.Tensor,  # (B, Hkv, K, Dh)
         attention_mask: torch.Tensor | None,
         scaling: float | None,
-        out: torch.Tensor,  # (B, Q, H, Dh) sdpa output
+        out: torch.Tensor | None,  # (B, Q, H, Dh) sdpa output; None: Q = 1 and this call makes it
     ) -> torch.Tensor:
-        if self.paused:
+        if out is not None and not self.owns_row(module):
             return out
         layer = module.layer_idx + 1
         filters = self.filters.get(layer, [])
-        want_row = layer in self.needs.attention
-        want_prefill = layer in self.needs.prefill_rows and self.step == 0
-        want_scores = layer in self.needs.scores
-        if not (filters or want_row or want_prefill or want_scores):
-            return out
-        B, H, _, Dh = query.shape
-        Hkv, K = key.shape[1], key.shape[2]
-        scale = scaling if scaling is not None else Dh**-0.5
-        # Grouped heads without copying K: query heads h = g * rep + r share key head g.
-        q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh)  # (B, Hkv, rep, Dh)
-        # matmul over a transposed view: einsum copied K into a permuted layout at every call.
-        scores = torch.matmul(q.float(), key.float().transpose(-1, -2)).reshape(B, H, K) * scale  # (B, H, K)
+        B, H = query.shape[:2]
+        K = key.shape[2]
+        scores = row_scores(query, key, scaling)  # (B, H, K)
+        key_valid, image_keys = self._key_masks(attention_mask, B, K, query.device)  # (B, K) each
         row = AttentionRow(
             layer=layer,
             step=self.step,
-            key_valid=_row_key_mask(attention_mask, B, K, query.device),
-            image_keys=self.image_keys(K),
+            key_valid=key_valid,
+            image_keys=image_keys,
             state=self.state,
             image_index=self.image_index,
             image_slots=self.image_slots,
@@ -151,24 +199,23 @@ class Capture:
             attention={l: a for l, a in self.attention.items() if l < layer},  # this pass only
             prefill_rows=self.prefill_rows,
         )
-        if want_scores:  # keys the row may not attend to hold 0, so row norms skip them
-            self.scores[layer] = scores.masked_fill(~row.key_valid[:, None, :], 0.0)
+        padded = attention_mask is not None  # without a mask the row sees every key
+        if layer in self.needs.scores:  # keys the row may not attend to hold 0, so row norms skip them
+            self.scores[layer] = scores.masked_fill(~key_valid[:, None, :], 0.0) if padded else scores
         for f in filters:
             scores = f.scores(scores, row)
-        scores = scores.masked_fill(~row.key_valid[:, None, :], float("-inf"))
+        if padded:
+            scores = scores.masked_fill(~key_valid[:, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1)  # (B, H, K)
         for f in filters:
             probs = f.probs(probs, row)
-        if want_row:
+        if layer in self.needs.attention:
             index = self.image_index[:, None, :].expand(B, H, -1)  # (B, H, I)
             self.attention[layer] = probs.gather(2, index) * self.image_slots[:, None, :]  # (B, H, I)
-        if want_prefill:
+        if layer in self.needs.prefill_rows and self.step == 0:
             self.prefill_rows[layer] = probs  # (B, H, T)
-        if filters:
-            p = probs.reshape(B, Hkv, H // Hkv, K)
-            row_out = torch.matmul(p, value.float()).reshape(B, H, Dh)  # (B, Hkv, rep, Dh) -> (B, H, Dh)
-            out = out.clone()
-            out[:, -1] = row_out.to(out.dtype)
+        if filters or out is None:
+            out = row_output(probs, value, out, query.dtype)
         return out
 
     def _hidden_hook(self, layer: int):
@@ -177,7 +224,7 @@ class Capture:
                 return
             h = output if output is not None else (args[0] if args else kwargs["hidden_states"])
             h = h[0] if isinstance(h, tuple) else h
-            self.hidden[layer] = h[:, -1, :]  # (B, D)
+            self.hidden[layer] = h[:, -1, :].clone()  # (B, D); a view would keep all (B, T, D) alive
 
         return hook
 

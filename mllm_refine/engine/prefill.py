@@ -20,7 +20,7 @@ from torch import nn
 
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.data.sample import Sample
-from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, use_refine_attention
+from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, row_output, row_scores, use_refine_attention
 
 
 def forward_kwargs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -43,6 +43,10 @@ class RowProbe:
         self.grad = grad
         self.rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, K)
 
+    def owns_row(self, module: nn.Module) -> bool:
+        """Never: the passes this probe watches are prompts, whose output sdpa computes."""
+        return False
+
     def use(self, layer: int, probs: torch.Tensor) -> torch.Tensor:
         """The row the block goes on with; the identity unless a subclass edits it."""
         return probs
@@ -60,12 +64,8 @@ class RowProbe:
         layer = module.layer_idx + 1
         if layer not in self.layers:
             return out
-        B, H, _, Dh = query.shape
-        Hkv, K = key.shape[1], key.shape[2]
-        dtype = torch.promote_types(query.dtype, torch.float32)
-        scale = scaling if scaling is not None else Dh**-0.5
-        q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh).to(dtype)  # (B, Hkv, rep, Dh)
-        scores = torch.einsum("bgrd,bgkd->bgrk", q, key.to(dtype)).reshape(B, H, K) * scale  # (B, H, K)
+        B, K = query.shape[0], key.shape[2]
+        scores = row_scores(query, key, scaling)  # (B, H, K)
         valid = _row_key_mask(attention_mask, B, K, query.device)  # (B, K)
         probs = torch.softmax(scores.masked_fill(~valid[:, None, :], float("-inf")), dim=-1)  # (B, H, K)
         if self.grad:
@@ -74,11 +74,7 @@ class RowProbe:
         row = self.use(layer, probs)
         if not self.grad and row is probs:
             return out  # sdpa's output already is A @ V
-        p = row.reshape(B, Hkv, H // Hkv, K)
-        row_out = torch.einsum("bgrk,bgkd->bgrd", p, value.to(dtype)).reshape(B, H, Dh)  # (B, H, Dh)
-        out = out.clone()
-        out[:, -1] = row_out.to(out.dtype)
-        return out
+        return row_output(row, value, out, query.dtype)
 
     @contextmanager
     def installed(self) -> Iterator["RowProbe"]:

@@ -18,7 +18,7 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "decode_cost.py"),
         "--model", "tiny-llava", "--recipe", "dualpd", "--threads", "1",
-        "--max-new-tokens", "3", "--batch", "4", "--batch-tokens", "2", "--repeats", "1",
+        "--max-new-tokens", "3", "--batch", "4", "--batch-tokens", "2", "--repeats", "1", "--batch-repeats", "1",
         "--reference", "cache", "--ref-tokens", "3", "--memory-lengths", "64,128", "--memory-tokens", "1",
         "--profile-recipe", "dualpd", "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
