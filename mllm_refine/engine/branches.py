@@ -18,6 +18,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.compat import CACHE_KWARG
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.capture import Capture
@@ -56,7 +57,7 @@ class BranchRunner:
             branch_inputs = b.inputs(inputs, samples, adapter)
             kwargs = forward_kwargs(model, branch_inputs)
             self.ids[b.name] = kwargs.pop("input_ids")
-            kwargs["past_key_values"] = DynamicCache(config=model.config)
+            kwargs[CACHE_KWARG] = DynamicCache(config=model.config)
             kwargs["use_cache"] = True
             kwargs["logits_to_keep"] = 1
             self.kwargs[b.name] = kwargs

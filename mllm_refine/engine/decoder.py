@@ -86,12 +86,13 @@ class Decoder:
         self, samples: list[Sample], layers: list[int], questions: list[str] | None = None
     ) -> list[dict[int, torch.Tensor]]:
         """Per sample, ``{layer: (H, I)}``: the last prompt token's attention over that sample's
-        image tokens in blocks ``layers`` (1..L), from one forward over the whole batch.
+        image tokens in blocks ``layers`` (1..L), from one forward over the whole batch that
+        ends after the last of them.
         ``questions`` replaces each sample's question (e.g. a generic one)."""
         if questions is not None:
             samples = [dataclasses.replace(s, question=q) for s, q in zip(samples, questions, strict=True)]
         with torch.no_grad():
-            p = prefill(self.model, self.adapter, samples, layers)
+            p = prefill(self.model, self.adapter, samples, layers, logits=False)
         counts = p.image_slots.sum(1).tolist()  # (B,) image tokens per sample
         return [{l: p.image_rows(l)[b, :, : counts[b]] for l in layers} for b in range(len(samples))]
 

@@ -6,7 +6,8 @@ over the whole batch before it answers. ``forward_kwargs`` builds model inputs t
 a batch gives each sample what a batch of one would. ``RowProbe`` keeps the last query row
 ``(B, H, K)`` of chosen blocks; with ``grad=True`` each row is a leaf of the autograd graph and
 the row's attention output is recomputed from it, so ``torch.autograd.grad(v, probe.rows[l])``
-is ``dv/dA_l``.
+is ``dv/dA_l``. A pass that needs only the rows (``logits=False``) stops after the last block it
+probes: the blocks above cannot change them.
 """
 
 from __future__ import annotations
@@ -92,12 +93,35 @@ class RowProbe:
                     delattr(m, _CAPTURE_ATTR)
 
 
+class _Stop(Exception):
+    """Raised after the last block a rows-only pass needs; caught by ``stop_after``."""
+
+
+@contextmanager
+def stop_after(adapter: ModelAdapter, block: int | None) -> Iterator[None]:
+    """End the language model's forward right after ``block`` (1..L); ``None`` runs it whole."""
+    if block is None or block >= len(adapter.decoder_layers):
+        yield
+        return
+
+    def hook(*_: Any) -> None:
+        raise _Stop
+
+    handle = adapter.decoder_layers[block - 1].register_forward_hook(hook)
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+
+
 @dataclass
 class PrefillPass:
     """One forward over a batch: its inputs, last-position logits and kept attention rows."""
 
     inputs: Any  # the prepared batch (``pixel_values`` holds ``.grad`` after a backward)
-    logits: torch.Tensor  # (B, V) at the last prompt position
+    logits: torch.Tensor | None  # (B, V) at the last prompt position; None for a rows-only pass
     rows: dict[int, torch.Tensor]  # layer -> (B, H, K)
     image_index: torch.Tensor  # (B, I) key position of each sample's i-th image token
     image_slots: torch.Tensor  # (B, I) bool: slots that hold an image token
@@ -127,12 +151,14 @@ def prefill(
     grad: bool = False,
     pixel_grad: bool = False,
     probe: RowProbe | None = None,
+    logits: bool = True,
 ) -> PrefillPass:
     """One batched forward over ``samples`` keeping the last prompt row of ``layers``.
 
     ``grad``: rows are autograd leaves (see ``RowProbe``); ``pixel_grad``: ``pixel_values``
     requires grad. Either runs under ``torch.enable_grad`` so the caller can backpropagate from
-    ``logits``; otherwise nothing is recorded for autograd.
+    ``logits``; otherwise nothing is recorded for autograd. ``logits=False``: only the rows are
+    wanted, so the forward ends after block ``max(layers)`` and ``PrefillPass.logits`` is None.
     """
     inputs = adapter.prepare(samples).to(model.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
@@ -141,11 +167,13 @@ def prefill(
             inputs["pixel_values"].requires_grad_()
     probe = probe or RowProbe(adapter, layers, grad=grad)
     index, slots = image_positions(adapter, inputs["input_ids"])
-    with torch.set_grad_enabled(grad or pixel_grad), probe.installed():
+    last = None
+    upto = None if logits or not layers else max(layers)
+    with torch.set_grad_enabled(grad or pixel_grad), probe.installed(), stop_after(adapter, upto):
         out = model(**forward_kwargs(model, inputs), use_cache=False, logits_to_keep=1)
-        logits = out.logits[:, -1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (B, V)
-    return PrefillPass(inputs, logits, probe.rows, index, slots)
+        last = out.logits[:, -1]
+        last = last.to(torch.promote_types(last.dtype, torch.float32))  # (B, V)
+    return PrefillPass(inputs, last, probe.rows, index, slots)
 
 
-__all__ = ["PrefillPass", "RowProbe", "forward_kwargs", "image_positions", "prefill"]
+__all__ = ["PrefillPass", "RowProbe", "forward_kwargs", "image_positions", "prefill", "stop_after"]

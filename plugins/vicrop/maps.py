@@ -56,9 +56,9 @@ def _v(logits: torch.Tensor) -> torch.Tensor:
 
 
 def rel_att(model: Any, adapter: Any, samples: list[Sample], layer: int, generic: str) -> list[torch.Tensor]:
-    """``A(q) / A(q')`` per sample; one forward over ``2B`` prompts."""
+    """``A(q) / A(q')`` per sample; one forward over ``2B`` prompts, up to block ``layer``."""
     B = len(samples)
-    p = prefill(model, adapter, samples + _with_question(samples, generic), [layer])
+    p = prefill(model, adapter, samples + _with_question(samples, generic), [layer], logits=False)
     a = p.image_rows(layer).mean(1)  # (2B, I) head mean
     ratio = a[:B] / a[B:].clamp_min(torch.finfo(a.dtype).tiny)  # (B, I)
     return token_maps(p, ratio, adapter)

@@ -136,7 +136,7 @@ class ContrastiveCrop(CropRefiner):
     def maps_of(self, samples: list[Sample], decoder: Any) -> list[torch.Tensor]:
         layers = sorted({*self._fusion, self._final})
         with torch.no_grad():
-            p = prefill(decoder.model, decoder.adapter, samples, layers)
+            p = prefill(decoder.model, decoder.adapter, samples, layers, logits=False)
         abar = {layer: head_mean_map(p.image_rows(layer), p.image_slots) for layer in layers}  # l -> (B, I)
         contrast, _ = contrastive_map(abar, self._fusion, self._final)  # (B, I) I_A
         return maps.token_maps(p, contrast, decoder.adapter)
