@@ -30,8 +30,9 @@ from benchmarks.measure import MemoryMeter, StepClock, Timing, clocked_generate,
 from benchmarks.profiling import profile_decode  # noqa: E402
 from benchmarks.reference import build_method, reference_generate  # noqa: E402
 from benchmarks.shapes import SHAPES, build_shape, image_px, make_samples, prompt_of_length  # noqa: E402
+from mllm_refine.components import HeadFilter  # noqa: E402
 from mllm_refine.data.sample import Sample  # noqa: E402
-from mllm_refine.engine import Decoder  # noqa: E402
+from mllm_refine.engine import Decoder, Parts  # noqa: E402
 from mllm_refine.recipes import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=8, help="new tokens per run at --batch")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds at batch 1 (after a warm-up)")
     p.add_argument("--batch-repeats", type=int, default=2, help="timed rounds at --batch")
+    p.add_argument("--no-control", action="store_true", help=f"skip the {CONTROL} control run")
     p.add_argument("--reference", choices=["both", "nocache", "cache", "none"], default="both")
     p.add_argument("--ref-tokens", type=int, default=8, help="new tokens per reference-style run")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed reference-style runs (after a warm-up)")
@@ -62,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--block", default="results", help="the Markdown block to fill: <!-- BLOCK:begin --> .. <!-- BLOCK:end -->")
     p.add_argument("--render", action="store_true", help="only rewrite the Markdown tables from --json")
     return p.parse_args(argv)
 
@@ -78,17 +81,38 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     return model.to(args.device), processor, args.shape, dtype
 
 
-def discover(folder: Path, only: list[str]) -> list[tuple[str, Path | None]]:
-    """``(name, path)`` of every recipe file, vanilla first (``None``: no vanilla.yaml, empty parts)."""
+@dataclasses.dataclass
+class EagerRows(HeadFilter):
+    """Control: changes nothing, but every block's current row goes through the probe's eager path.
+
+    A probed decode step replaces that block's ``sdpa`` call by two small products (see
+    ``engine.capture``), which on some kernels is faster or slower than ``sdpa`` itself. A recipe
+    against this control prices what its parts add beyond that swap."""
+
+    name = "eager_rows"
+    noop_params = {}
+
+    def active_layers(self) -> list[int]:
+        return list(range(1, self.info.num_layers + 1))
+
+
+CONTROL = report.CONTROL  # vanilla decoded through EagerRows
+
+
+def discover(folder: Path, only: list[str], control: bool = True) -> list[tuple[str, Path | None]]:
+    """``(name, path)`` of every recipe file, vanilla first (``None``: no vanilla.yaml, empty parts),
+    then the ``vanilla_rows`` control (path ``None``)."""
     paths = {p.stem: p for p in sorted(folder.glob("*.yaml"))}
     names = [n for n in paths if n != "vanilla" and (not only or n in only)]
-    return [("vanilla", paths.get("vanilla"))] + [(n, paths[n]) for n in names]
+    head = [("vanilla", paths.get("vanilla"))] + ([(CONTROL, None)] if control else [])
+    return head + [(n, paths[n]) for n in names]
 
 
-def make_decoder(model: Any, processor: Any, path: Path | None, tokens: int) -> Decoder:
+def make_decoder(model: Any, processor: Any, path: Path | None, tokens: int, name: str = "vanilla") -> Decoder:
     """A greedy decoder for the recipe's parts and decode settings (stop strings dropped)."""
     if path is None:
-        return Decoder(model, processor, config=None)
+        parts = Parts(head_filters=[EagerRows()]) if name == CONTROL else None
+        return Decoder(model, processor, parts, config=None)
     recipe = load_recipe(path)
     config = dataclasses.replace(recipe.decode, max_new_tokens=tokens, do_sample=False, stop=[])
     return Decoder(model, processor, recipe.parts, config)
@@ -160,7 +184,7 @@ class Bench:
         self.errors: dict[str, str] = {}
         for name, path in recipes:  # build and warm up (2 tokens at batch 1) every recipe first
             try:
-                decoder = make_decoder(model, processor, path, 2)
+                decoder = make_decoder(model, processor, path, 2, name)
                 decoder.generate(samples[:1])
                 self.runs[name] = Runs(decoder, self.big, self.device)
             except Exception as e:  # a recipe that cannot run on this model is reported, the others go on
@@ -323,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         result = json.loads(args.json.read_text())
         report.add_ratios(result)
-        report.write(result, args.json, args.markdown)
+        report.write(result, args.json, args.markdown, args.block)
         return 0
     torch.set_num_threads(args.threads)
     exact = measure.set_allocator(exact=True)  # before the model: the memory phase needs a clean heap
@@ -331,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     model, processor, model_name, dtype = load_model(args)
     w_mb = weights_mb(model)
     samples = make_samples(args.batch, image_px=image_px(processor), seed=args.seed)
-    recipes = discover(args.recipes_dir, args.recipe)
+    recipes = discover(args.recipes_dir, args.recipe, control=not args.no_control)
     print(f"{model_name} ({dtype}, {w_mb:.0f} MiB), {len(recipes)} recipes, {args.threads} threads", flush=True)
     result: dict[str, Any] = {
         "command": "python benchmarks/decode_cost.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
@@ -363,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         decoder = make_decoder(model, processor, profile_path, args.max_new_tokens)
         result["profile"] = profile_decode(decoder, samples[:1], args.profile_recipe)
     report.add_ratios(result)
-    report.write(result, args.json, args.markdown)
+    report.write(result, args.json, args.markdown, args.block)
     print("\n".join(report.targets(result)))
     print(f"wrote {args.json} and {args.markdown}")
     return 0

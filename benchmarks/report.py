@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+BLOCK = "results"  # the Markdown block a run fills: between <!-- results:begin --> and <!-- results:end -->
+CONTROL = "vanilla_rows"  # vanilla with every block's row taken through the probe path
 # Issue 9 targets: per-token time and peak memory of these recipes against vanilla.
 TOKEN_TARGET, MEMORY_TARGET = 1.15, 1.10
 TARGETED = ("dualpd", "dualpd_heads", "dualpd_layer", "deco", "dola", "vrga", "pai")
@@ -19,20 +20,21 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def add_ratios(result: dict[str, Any]) -> None:
-    """Fill ``vs_vanilla`` of every recipe row and ``vs_ours`` of every reference row."""
+    """Fill ``vs_vanilla`` (and ``vs_control``) of every recipe row and ``vs_ours`` of every reference row."""
     rows = {r["recipe"]: r for r in result["recipes"]}
-    base = rows.get("vanilla")
-    for r in result["recipes"]:
-        if "error" in r or base is None or "error" in base:
-            continue
-        r["vs_vanilla"] = {}
-        for batch, run in r["runs"].items():
-            ref = base["runs"].get(batch)
-            if ref:
-                r["vs_vanilla"][batch] = {
-                    key: ratio(run[key], ref[key])
-                    for key in ("per_token_ms", "prefill_ms", "end_to_end_ms", "peak_mb", "peak_delta_mb")
-                }
+    for field, base_name in (("vs_vanilla", "vanilla"), ("vs_control", CONTROL)):
+        base = rows.get(base_name)
+        for r in result["recipes"]:
+            if "error" in r or base is None or "error" in base:
+                continue
+            r[field] = {}
+            for batch, run in r["runs"].items():
+                ref = base["runs"].get(batch)
+                if ref:
+                    r[field][batch] = {
+                        key: ratio(run[key], ref[key])
+                        for key in ("per_token_ms", "prefill_ms", "end_to_end_ms", "peak_mb", "peak_delta_mb")
+                    }
     for ref in result["reference"]:
         ours = rows.get(ref["recipe"], {}).get("runs", {}).get("1")
         if ours and "error" not in ref:
@@ -50,26 +52,29 @@ def _fmt(x: Any, digits: int = 1) -> str:
 
 
 def recipe_table(result: dict[str, Any]) -> list[str]:
+    n = result["settings"]["batch"]
     lines = [
-        "| recipe | prefill ms | ms/token b1 | tok/s b1 | ms/token b16 | tok/s b16 | end-to-end ms b1 | "
-        "peak MiB b1 (+delta) | peak MiB b16 (+delta) | x vanilla token b1 / b16 | x vanilla e2e b1 | "
-        "x vanilla peak b1 / b16 |",
-        "|---|" + "---:|" * 11,
+        f"| recipe | prefill ms | ms/token b1 | tok/s b1 | ms/token b{n} | tok/s b{n} | end-to-end ms b1 | "
+        f"peak MiB b1 (+delta) | peak MiB b{n} (+delta) | x vanilla token b1 / b{n} | x vanilla e2e b1 | "
+        f"x vanilla peak b1 / b{n} | x {CONTROL} token b1 / b{n} |",
+        "|---|" + "---:|" * 12,
     ]
     for r in result["recipes"]:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['recipe']} | {r['error']} |" + " |" * 11)
             continue
-        b1, b16 = r["runs"].get("1", {}), r["runs"].get(str(result["settings"]["batch"]), {})
-        v = r.get("vs_vanilla", {})
-        v1, v16 = v.get("1", {}), v.get(str(result["settings"]["batch"]), {})
+        b1, b16 = r["runs"].get("1", {}), r["runs"].get(str(n), {})
+        v, c = r.get("vs_vanilla", {}), r.get("vs_control", {})
+        v1, v16 = v.get("1", {}), v.get(str(n), {})
+        c1, c16 = c.get("1", {}), c.get(str(n), {})
         lines.append(
             f"| {r['recipe']} | {_fmt(b1.get('prefill_ms'))} | {_fmt(b1.get('per_token_ms'), 2)} | "
             f"{_fmt(b1.get('tokens_per_s'))} | {_fmt(b16.get('per_token_ms'), 2)} | {_fmt(b16.get('tokens_per_s'))} | "
             f"{_fmt(b1.get('end_to_end_ms'))} | {_fmt(b1.get('peak_mb'))} (+{_fmt(b1.get('peak_delta_mb'))}) | "
             f"{_fmt(b16.get('peak_mb'))} (+{_fmt(b16.get('peak_delta_mb'))}) | "
             f"{_fmt(v1.get('per_token_ms'), 2)} / {_fmt(v16.get('per_token_ms'), 2)} | "
-            f"{_fmt(v1.get('end_to_end_ms'), 2)} | {_fmt(v1.get('peak_mb'), 2)} / {_fmt(v16.get('peak_mb'), 2)} |"
+            f"{_fmt(v1.get('end_to_end_ms'), 2)} | {_fmt(v1.get('peak_mb'), 2)} / {_fmt(v16.get('peak_mb'), 2)} | "
+            f"{_fmt(c1.get('per_token_ms'), 2)} / {_fmt(c16.get('per_token_ms'), 2)} |"
         )
     return lines
 
@@ -141,14 +146,16 @@ def targets(result: dict[str, Any]) -> list[str]:
     for r in result["recipes"]:
         if r["recipe"] not in TARGETED or "error" in r:
             continue
-        v = r.get("vs_vanilla", {})
+        v, c = r.get("vs_vanilla", {}), r.get("vs_control", {})
         tok = [v.get(b, {}).get("per_token_ms") for b in ("1", batch)]
+        ctl = [c.get(b, {}).get("per_token_ms") for b in ("1", batch)]
         mem = [v.get(b, {}).get("peak_mb") for b in ("1", batch)]
         ok_tok = all(t is not None and t <= TOKEN_TARGET for t in tok)
         ok_mem = all(m is not None and m <= MEMORY_TARGET for m in mem)
+        control = f" ({_fmt(ctl[0], 2)}x / {_fmt(ctl[1], 2)}x {CONTROL})" if c else ""
         out.append(
-            f"- `{r['recipe']}`: per token {_fmt(tok[0], 2)}x / {_fmt(tok[1], 2)}x vanilla (b1 / b{batch}, target "
-            f"<= {TOKEN_TARGET}: {'met' if ok_tok else 'missed'}); peak {_fmt(mem[0], 2)}x / {_fmt(mem[1], 2)}x "
+            f"- `{r['recipe']}`: per token {_fmt(tok[0], 2)}x / {_fmt(tok[1], 2)}x vanilla{control} (b1 / b{batch}, "
+            f"target <= {TOKEN_TARGET}: {'met' if ok_tok else 'missed'}); peak {_fmt(mem[0], 2)}x / {_fmt(mem[1], 2)}x "
             f"(target <= {MEMORY_TARGET}: {'met' if ok_mem else 'missed'})"
         )
     for r in result["recipes"]:
@@ -204,8 +211,9 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(result: dict[str, Any], json_path: Path, md_path: Path) -> None:
-    """Write the JSON; put the tables between the result markers of the Markdown file."""
+def write(result: dict[str, Any], json_path: Path, md_path: Path, name: str = BLOCK) -> None:
+    """Write the JSON; put the tables between the ``name`` block's markers of the Markdown file."""
+    BEGIN, END = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     block = f"{BEGIN}\n{markdown(result)}\n{END}"

@@ -3,8 +3,9 @@
 Timing does not depend on weight values, so a model built from a transformers config with the
 real sizes costs what the checkpoint costs. ``llava-1.5-7b`` and ``qwen2-vl-7b`` are the real
 shapes (bf16, for a GPU); the ``-scaled`` shapes keep each layout's proportions that matter to
-the methods (576 image tokens, head width 128, MLP ratio, query/key-value head ratio, and the
-vocabulary-to-model ratio that prices a logit lens) at a width and depth a CPU runs in minutes.
+the methods (576 image tokens, MLP ratio, query/key-value head ratio, and the
+vocabulary-to-model ratio that prices a logit lens) at a width and depth a CPU runs in minutes;
+``llava-1.5-wide`` keeps the real block and cuts the depth, for a CPU that has the memory.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ SHAPES: dict[str, Shape] = {
     "llava-1.5-7b": Shape("llava", 4096, 11008, 32, 32, 32, 32064, 1024, 24, 16, 336, "bfloat16", True),
     # Qwen2-VL-7B: 3584 wide, 28 blocks, 28 query / 4 key-value heads; ViT 1280 wide, 32 blocks.
     "qwen2-vl-7b": Shape("qwen2_vl", 3584, 18944, 28, 28, 4, 152064, 1280, 32, 16, 672, "bfloat16", True),
+    # LLaVA-1.5-7B's own block (4096 wide, 32 heads of 128, MLP 11008) at 4 of its 32 blocks, for a
+    # CPU: each block costs what a real one costs; vocab scaled with depth so a lens keeps its share.
+    "llava-1.5-wide": Shape("llava", 4096, 11008, 4, 32, 32, 4008, 64, 2, 2, 336, "bfloat16"),
     # Scaled: width / 8, depth / 4; vocab scaled with width x depth so a lens costs the same share.
     "llava-1.5-scaled": Shape("llava", 256, 688, 8, 8, 8, 512, 64, 2, 2, 336, "float32"),
     "qwen2-vl-scaled": Shape("qwen2_vl", 896, 4736, 7, 7, 1, 1344, 64, 2, 2, 672, "float32"),

@@ -51,6 +51,7 @@ class HellingerShiftSelector(LayerSelector):
         slot = {l: i for i, l in enumerate(self._blocks)}
         self._cur = torch.tensor([slot[c] for c in self._candidates])  # (C,) slot of block l
         self._prev = torch.tensor([slot[c - 1] for c in self._candidates])  # (C,) slot of block l - 1
+        self._layer_of = torch.tensor(self._candidates)  # (C,) block number of each candidate
 
     def candidates(self) -> list[int]:
         return self._candidates
@@ -61,14 +62,14 @@ class HellingerShiftSelector(LayerSelector):
 
     def shifts(self, view: StepView) -> torch.Tensor:
         """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
-        rows = torch.stack([view.attention(l) for l in self._blocks], dim=1)  # (B, N, H, I)
+        rows = view.attentions(self._blocks)  # (B, N, H, I)
         mean = rows.mean(2)  # (B, N, I): head-mean image attention of each block read
         cur, prev = self._cur.to(mean.device), self._prev.to(mean.device)
         return hellinger(mean[:, prev], mean[:, cur])  # (B, C)
 
     def select(self, view: StepView) -> torch.Tensor:
         s = self.shifts(view)  # (B, C)
-        layer = torch.tensor(self._candidates, device=s.device)[s.argmax(1)]  # (B,)
+        layer = self._layer_of.to(s.device)[s.argmax(1)]  # (B,)
         has_image = view.image_mask.any(1)  # (B,)
         return torch.where(has_image, layer, torch.full_like(layer, -1))
 
@@ -101,8 +102,11 @@ class HeadNormFilter(HeadFilter):
 
     def lowest(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:
         """``(B, count)`` long: the heads with the lowest score norm, per sample."""
-        keep = row.key_valid if self.keys == "all" else row.key_valid & row.image_keys  # (B, K)
-        norm = torch.linalg.vector_norm(scores * keep[:, None, :], dim=-1)  # (B, H)
+        if self.keys == "all" and not row.padded:
+            norm = torch.linalg.vector_norm(scores, dim=-1)  # (B, H): every key is valid
+        else:
+            keep = row.key_valid if self.keys == "all" else row.key_valid & row.image_keys  # (B, K)
+            norm = torch.linalg.vector_norm(scores * keep[:, None, :], dim=-1)  # (B, H)
         return norm.topk(self.count, dim=-1, largest=False).indices  # (B, count)
 
     def scores(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:

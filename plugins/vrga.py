@@ -43,19 +43,10 @@ from mllm_refine.hookspecs import hookimpl
 TINY = torch.finfo(torch.float32).tiny
 
 
-def key_columns(image_keys: torch.Tensor, key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(B, K, 2)``: image keys and valid keys (B, K) as 0/1 columns, so one ``bmm`` sums a row
-    over each."""
-    return torch.stack([image_keys, key_valid], dim=-1).to(dtype)
-
-
-def row_stats(
-    probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Tensor, cols: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def row_stats(probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(R, H)``, each ``(B, H)``, of attention rows ``probs`` (B, H, K): the image's mean
-    probability over the mean of all valid keys, and the entropy (nats) of the image part.
-    ``cols``: ``key_columns`` of the masks, when the caller already has them."""
-    cols = key_columns(image_keys, key_valid, probs.dtype) if cols is None else cols  # (B, K, 2)
+    probability over the mean of all valid keys, and the entropy (nats) of the image part."""
+    cols = torch.stack([image_keys, key_valid], dim=-1).to(probs.dtype)  # (B, K, 2) 0/1 columns
     sums = torch.bmm(probs, cols)  # (B, H, 2): attention on image keys, on valid keys
     counts = cols.sum(1).clamp_min(1)  # (B, 2)
     mass = sums[..., 0]  # (B, H)
@@ -65,6 +56,21 @@ def row_stats(
     m = mass.clamp_min(TINY)
     entropy = torch.where(mass > 0, m.log() - a_log_a / m, 0.0)
     return ratio, entropy
+
+
+def engaged_heads(
+    probs: torch.Tensor, image_col: torch.Tensor, share: torch.Tensor, engaged_r: float, engaged_h: float
+) -> torch.Tensor:
+    """``(B, H)`` bool: heads of rows ``probs`` (B, H, K) with ``R > engaged_r`` and
+    ``R > engaged_h * H``, the decode-time form of ``row_stats``. A row sums to 1 over its valid
+    keys, so their mean is ``1 / n_valid`` and ``R = mass * share`` with ``share = n_valid / n_image``
+    (B, 1); ``image_col`` (B, K, 1) marks the image keys. A head with no image mass has R = 0 and
+    nothing to boost, so its entropy needs no guard."""
+    mass = torch.bmm(probs, image_col)[..., 0]  # (B, H) attention on image keys
+    ratio = mass * share  # (B, H)
+    m = mass.clamp_min(TINY)
+    entropy = m.log() - torch.bmm(torch.special.xlogy(probs, probs), image_col)[..., 0] / m  # (B, H)
+    return (ratio > engaged_r) & (ratio > engaged_h * entropy)
 
 
 def select_heads(
@@ -247,11 +253,12 @@ class VRGAFilter(HeadFilter):
         cached = row.state.get(key + ":step")
         if cached is None or cached[0] != K:  # once per step: every block of it has the same keys
             boost = F.pad(row.state[key], (0, K - row.state[key].shape[1]))  # (B, K): new tokens are no image
-            cols = key_columns(row.image_keys, row.key_valid, probs.dtype)  # (B, K, 2)
-            cached = row.state[key + ":step"] = (K, self.gamma * boost.to(probs.dtype)[:, None, :], cols)
-        _, boost, cols = cached  # boost: (B, 1, K) gamma on the focus keys, 0 elsewhere
-        ratio, entropy = row_stats(probs, row.image_keys, row.key_valid, cols)  # (B, H)
-        engaged = (ratio > self.engaged_r) & (ratio > self.engaged_h * entropy)  # (B, H)
+            image_col = row.image_keys.to(probs.dtype)[:, :, None]  # (B, K, 1)
+            n_image = image_col.sum(1).clamp_min(1)  # (B, 1)
+            share = row.key_valid.sum(1, keepdim=True).to(probs.dtype) / n_image  # (B, 1) n_valid / n_image
+            cached = row.state[key + ":step"] = (K, self.gamma * boost.to(probs.dtype)[:, None, :], image_col, share)
+        _, boost, image_col, share = cached  # boost: (B, 1, K) gamma on the focus keys, 0 elsewhere
+        engaged = engaged_heads(probs, image_col, share, self.engaged_r, self.engaged_h)  # (B, H)
         p = torch.addcmul(probs, probs, engaged.to(probs.dtype)[:, :, None] * boost)  # (B, H, K): a * (1 + gamma)
         return p / p.sum(-1, keepdim=True)
 

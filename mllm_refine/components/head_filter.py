@@ -36,6 +36,9 @@ class AttentionRow:
     # same forward pass, (B, H, I) raw probabilities each; Needs.prefill_rows, (B, H, T) each.
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
     prefill_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    # False when the row sees every key (no padding in the batch): ``key_valid`` is all True and
+    # a filter may skip masking with it.
+    padded: bool = True
 
 
 class HeadFilter(Component):

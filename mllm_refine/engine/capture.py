@@ -48,23 +48,27 @@ def refine_attention(
 
 def row_scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
     """``(B, H, K)`` float32 (or wider) pre-softmax scores of the last query row of ``query``
-    (B, H, Q, Dh) against ``key`` (B, Hkv, K, Dh); grouped heads share a key head without a copy."""
-    B, H, _, Dh = query.shape
+    (B, H, Q, Dh) against ``key`` (B, Hkv, K, Dh); grouped heads share a key head without a copy.
+    The product runs in the model's dtype, as eager attention's does: upcasting ``key`` first
+    would copy the whole cache at every probed block of every step."""
+    B, H, Q, Dh = query.shape
     Hkv, K = key.shape[1], key.shape[2]
-    dtype = torch.promote_types(query.dtype, torch.float32)
     scale = scaling if scaling is not None else Dh**-0.5
-    q = query[:, :, -1, :].reshape(B, Hkv, H // Hkv, Dh).to(dtype) * scale  # (B, Hkv, rep, Dh): h = g * rep + r
+    q = (query[:, :, -1:, :] if Q > 1 else query).reshape(B, Hkv, H // Hkv, Dh)  # (B, Hkv, rep, Dh): h = g * rep + r
     # matmul over a transposed view: einsum copies K into a permuted layout at every call.
-    return torch.matmul(q, key.to(dtype).transpose(-1, -2)).reshape(B, H, K)  # (B, H, K)
+    scores = torch.matmul(q, key.transpose(-1, -2))  # (B, Hkv, rep, K), a fresh tensor
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # no copy when already float32
+    return scores.mul_(scale).reshape(B, H, K)  # (B, H, K)
 
 
 def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """The block's attention output ``(B, Q, H, Dh)`` with its last row made from ``probs``
-    (B, H, K) and ``value`` (B, Hkv, K, Dh); ``out`` None: the output is that row alone (Q = 1)."""
+    (B, H, K) and ``value`` (B, Hkv, K, Dh); ``out`` None: the output is that row alone (Q = 1).
+    ``probs`` meet ``value`` in the model's dtype, as in eager and flash attention."""
     B, H, K = probs.shape
     Hkv, Dh = value.shape[1], value.shape[3]
-    p = probs.reshape(B, Hkv, H // Hkv, K)  # (B, Hkv, rep, K)
-    row = torch.matmul(p, value.to(probs.dtype)).reshape(B, 1, H, Dh).to(dtype)  # (B, 1, H, Dh)
+    p = probs.reshape(B, Hkv, H // Hkv, K).to(value.dtype)  # (B, Hkv, rep, K)
+    row = torch.matmul(p, value).reshape(B, 1, H, Dh).to(dtype)  # (B, 1, H, Dh)
     if out is None:
         return row
     if out.requires_grad:  # sdpa's backward reads its own output: never edit it in place
@@ -139,6 +143,7 @@ class Capture:
         order = torch.argsort((~self.prompt_image_keys).to(torch.int8), dim=1, stable=True)
         self.image_index = order[:, :width]  # (B, I)
         self.image_slots = torch.arange(width, device=input_ids.device)[None] < counts[:, None]  # (B, I)
+        self.full_slots = bool(self.image_slots.all())  # every sample has I image tokens: no slot to zero
 
     def image_keys(self, keys: int) -> torch.Tensor:
         """``(B, K)`` bool image-key mask, the prompt's mask padded with False for new tokens."""
@@ -184,6 +189,7 @@ class Capture:
         filters = self.filters.get(layer, [])
         B, H = query.shape[:2]
         K = key.shape[2]
+        padded = attention_mask is not None  # without a mask the row sees every key
         scores = row_scores(query, key, scaling)  # (B, H, K)
         key_valid, image_keys = self._key_masks(attention_mask, B, K, query.device)  # (B, K) each
         row = AttentionRow(
@@ -198,8 +204,8 @@ class Capture:
             row_end_tokens=self.adapter.row_end_tokens,
             attention={l: a for l, a in self.attention.items() if l < layer},  # this pass only
             prefill_rows=self.prefill_rows,
+            padded=padded,
         )
-        padded = attention_mask is not None  # without a mask the row sees every key
         if layer in self.needs.scores:  # keys the row may not attend to hold 0, so row norms skip them
             self.scores[layer] = scores.masked_fill(~key_valid[:, None, :], 0.0) if padded else scores
         for f in filters:
@@ -211,7 +217,8 @@ class Capture:
             probs = f.probs(probs, row)
         if layer in self.needs.attention:
             index = self.image_index[:, None, :].expand(B, H, -1)  # (B, H, I)
-            self.attention[layer] = probs.gather(2, index) * self.image_slots[:, None, :]  # (B, H, I)
+            image = probs.gather(2, index)  # (B, H, I)
+            self.attention[layer] = image if self.full_slots else image * self.image_slots[:, None, :]
         if layer in self.needs.prefill_rows and self.step == 0:
             self.prefill_rows[layer] = probs  # (B, H, T)
         if filters or out is None:

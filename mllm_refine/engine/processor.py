@@ -77,16 +77,18 @@ class RefineProcessor(LogitsProcessor):
         # the guard, so a row whose only finite token was a placeholder falls back too.
         suppress = self.suppress.to(logits.device)
         logits = logits.index_fill(1, suppress, float("-inf"))
-        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | ~torch.isfinite(logits).any(-1)
+        # A row's max is NaN if it holds a NaN, +inf if it holds +inf, -inf if nothing is finite.
+        bad = ~torch.isfinite(logits.amax(-1))  # (B,)
         if bad.any():
             logits = torch.where(bad[:, None], view.logits.index_fill(1, suppress, float("-inf")), logits)
             self.fallbacks += bad.cpu().long()
-        # The repetition penalty must not see left padding (batch answers would differ from
-        # single ones): padding slots repeat the row's newest token, which it penalises anyway.
-        valid = self.capture.prompt_valid  # (B, T0)
-        T0 = valid.shape[1]
-        own = torch.cat([torch.where(valid, input_ids[:, :T0], input_ids[:, -1:]), input_ids[:, T0:]], 1)  # (B, T)
-        logits = self.post(own, logits)
+        if self.post:
+            # The repetition penalty must not see left padding (batch answers would differ from
+            # single ones): padding slots repeat the row's newest token, which it penalises anyway.
+            valid = self.capture.prompt_valid  # (B, T0)
+            T0 = valid.shape[1]
+            own = torch.cat([torch.where(valid, input_ids[:, :T0], input_ids[:, -1:]), input_ids[:, T0:]], 1)  # (B, T)
+            logits = self.post(own, logits)
         if self.observe is not None:
             self.observe(view, logits)
         self.capture.step += 1

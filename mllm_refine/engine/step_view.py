@@ -10,6 +10,11 @@ from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.engine.capture import Capture
 
 
+def _over_image(a: torch.Tensor) -> torch.Tensor:
+    """Attention rows ``(..., I)`` renormalised to sum 1 over the image span."""
+    return a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+
+
 class StepView:
     """One step of a batch: final logits, captured attention rows, and the logit lens.
 
@@ -44,9 +49,13 @@ class StepView:
         if layer not in self.capture.attention:
             raise KeyError(f"attention of layer {layer} was not declared in Needs.attention")
         a = self.capture.attention[layer]  # (B, H, I)
-        if renormalize:
-            a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
-        return a
+        return _over_image(a) if renormalize else a
+
+    def attentions(self, layers: list[int], renormalize: bool = True) -> torch.Tensor:
+        """``(B, N, H, I)``: ``attention(l)`` of each of the N ``layers``, stacked (one
+        renormalisation for all of them)."""
+        a = torch.stack([self.attention(l, renormalize=False) for l in layers], dim=1)  # (B, N, H, I)
+        return _over_image(a) if renormalize else a
 
     def branch_logits(self, name: str) -> torch.Tensor:
         """``(B, V)``: this step's final logits of the extra input ``name`` (``Needs.branches``)."""
@@ -88,12 +97,15 @@ class StepView:
     def lens_at(self, layers: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         """``(B, V)``: each sample's lens at its own layer ``layers[b]``; rows with ``-1`` hold
         the final logits. One ``lm_head`` call for the whole batch."""
-        picked = layers >= 0  # (B,)
-        if not picked.any():
+        chosen = layers.tolist()
+        distinct = sorted(set(chosen) - {-1})
+        if not distinct:
             return self.logits
-        h = torch.zeros_like(self.hidden(int(layers[picked][0])))  # (B, D)
-        for layer in layers[picked].unique().tolist():
-            rows = layers == layer  # (B,)
-            h[rows] = self.hidden(layer)[rows]
+        if len(distinct) == 1:  # one layer for the batch (always at batch 1): no row picking
+            h = self.hidden(distinct[0])  # (B, D)
+        else:
+            h = torch.zeros_like(self.hidden(distinct[0]))  # (B, D)
+            for layer in distinct:
+                h = torch.where((layers == layer)[:, None], self.hidden(layer), h)
         z = self._project(h, final_norm)  # (B, V)
-        return torch.where(picked[:, None], z, self.logits)
+        return z if -1 not in chosen else torch.where((layers >= 0)[:, None], z, self.logits)

@@ -36,6 +36,9 @@ class FakeView:
     def attention(self, layer: int, renormalize: bool = True) -> torch.Tensor:
         return self._attn[layer]
 
+    def attentions(self, layers: list[int], renormalize: bool = True) -> torch.Tensor:
+        return torch.stack([self._attn[l] for l in layers], dim=1)  # (B, N, H, I)
+
 
 def test_selector_default_candidates_and_needs():
     s = HellingerShiftSelector()

@@ -16,6 +16,7 @@ from mllm_refine.recipes import load_recipe
 from mllm_refine_plugins.vrga import (
     VRGAFilter,
     dilate,
+    engaged_heads,
     focus_tokens,
     grid_cells,
     reference_map,
@@ -174,3 +175,22 @@ def test_recipes_end_to_end(tiny, samples, recipe):
     assert all(p.choices["vrga.focus"] and p.choices["vrga.visual_heads"] for p in batched)
     vanilla = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=STEPS)).generate(samples)
     assert [p.tokens for p in batched] != [p.tokens for p in vanilla]
+
+
+def test_engaged_heads_agree_with_row_stats_on_padded_rows():
+    torch.manual_seed(0)
+    B, H, K = 3, 6, 40
+    valid = torch.ones(B, K, dtype=torch.bool)
+    valid[1, :7], valid[2, :15] = False, False  # left padding
+    image = torch.zeros(B, K, dtype=torch.bool)
+    image[:, 18:34] = True
+    scores = torch.randn(B, H, K) * 3
+    scores[:, 0, 18:34] += 6  # a head that looks at the image
+    scores[:, 1, 18:34] = float("-inf")  # a head with no image mass
+    probs = torch.softmax(scores.masked_fill(~valid[:, None], float("-inf")), -1)
+    ratio, entropy = row_stats(probs, image, valid)
+    expected = (ratio > 0.6) & (ratio > 0.2 * entropy)
+    share = valid.sum(1, keepdim=True).float() / image.sum(1, keepdim=True).float()
+    got = engaged_heads(probs, image.float()[:, :, None], share, 0.6, 0.2)
+    assert got.tolist() == expected.tolist()
+    assert got[:, 0].all() and not got[:, 1].any()
