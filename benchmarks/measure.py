@@ -143,6 +143,7 @@ class Timing:
 
     prefill_s: list[float] = field(default_factory=list)  # one per repeat
     step_s: list[float] = field(default_factory=list)  # every decode step of every repeat
+    run_step_s: list[float] = field(default_factory=list)  # median decode step of each repeat, in order
     total_s: list[float] = field(default_factory=list)  # end to end, input refiners included
     tokens: int = 0  # new tokens per sample in the last repeat
     skip: int = 0  # leading decode steps of each run left out (a run without warm-up)
@@ -150,7 +151,10 @@ class Timing:
     def add(self, start: float, generate_start: float, stamps: list[float], end: float) -> None:
         self.prefill_s.append(stamps[0] - generate_start)
         steps = [b - a for a, b in zip(stamps, stamps[1:])]
-        self.step_s.extend(steps[self.skip :] if len(steps) > self.skip else steps)
+        steps = steps[self.skip :] if len(steps) > self.skip else steps
+        self.step_s.extend(steps)
+        if steps:
+            self.run_step_s.append(statistics.median(steps))
         self.total_s.append(end - start)
         self.tokens = len(stamps)
 
@@ -164,6 +168,7 @@ class Timing:
             "end_to_end_ms": round(1e3 * statistics.median(self.total_s), 2),
             "new_tokens": self.tokens,
             "steps_timed": len(self.step_s),
+            "per_token_runs_ms": [round(1e3 * s, 3) for s in self.run_step_s],
         }
 
 

@@ -98,7 +98,7 @@ class DecoAnchorSelector(LayerSelector):
         placeholders = torch.tensor(view.adapter.image_token_ids, dtype=torch.long, device=view.logits.device)
         final = view.logits.index_fill(1, placeholders, float("-inf"))  # (B, V)
         ids, keep = candidate_set(final, self.top_k, self.top_p)  # (B, k) each
-        lens = torch.stack([view.lens(l, final_norm=self.final_norm) for l in self._layers], 1)  # (B, A, V)
+        lens = view.lenses(self._layers, final_norm=self.final_norm)  # (B, A, V)
         a, p_max = anchor(lens.softmax(-1), ids, keep)  # (B,) each
         rows = torch.arange(lens.shape[0], device=lens.device)
         view.state[STATE_KEY] = {

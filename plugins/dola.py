@@ -108,7 +108,7 @@ class DolaJsdSelector(LayerSelector):
 
     def divergences(self, view: StepView) -> torch.Tensor:
         """``(B, C)``: divergence of each candidate's early exit from the final logits."""
-        early = torch.stack([view.lens(l, final_norm=self.final_norm) for l in self._candidates], 1)  # (B, C, V)
+        early = view.lenses(self._candidates, final_norm=self.final_norm)  # (B, C, V)
         return layer_divergence(view.logits, early, self.divergence)
 
     def select(self, view: StepView) -> torch.Tensor:

@@ -94,6 +94,17 @@ class StepView:
             self._lens[key] = self._project(self.hidden(layer), final_norm)
         return self._lens[key]
 
+    def lenses(self, layers: list[int], final_norm: bool = True) -> torch.Tensor:
+        """``(B, N, V)``: ``lens(l)`` of each of the N ``layers``, from one norm and one ``lm_head``
+        call over the stacked states (the head's weight is read once, not N times)."""
+        missing = [l for l in dict.fromkeys(layers) if (l, final_norm) not in self._lens]
+        if missing:
+            h = torch.stack([self.hidden(l) for l in missing], 1)  # (B, M, D)
+            z = self._project(h, final_norm)  # (B, M, V)
+            for i, l in enumerate(missing):
+                self._lens[(l, final_norm)] = z[:, i]
+        return torch.stack([self._lens[(l, final_norm)] for l in layers], 1)  # (B, N, V)
+
     def lens_at(self, layers: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         """``(B, V)``: each sample's lens at its own layer ``layers[b]``; rows with ``-1`` hold
         the final logits. One ``lm_head`` call for the whole batch."""
@@ -101,11 +112,14 @@ class StepView:
         distinct = sorted(set(chosen) - {-1})
         if not distinct:
             return self.logits
-        if len(distinct) == 1:  # one layer for the batch (always at batch 1): no row picking
-            h = self.hidden(distinct[0])  # (B, D)
+        if len(distinct) == 1 or all((l, final_norm) in self._lens for l in distinct):
+            # One layer for the batch (always at batch 1), or lenses a part already computed.
+            z = self.lens(distinct[0], final_norm)  # (B, V)
+            for layer in distinct[1:]:
+                z = torch.where((layers == layer)[:, None], self.lens(layer, final_norm), z)
         else:
             h = torch.zeros_like(self.hidden(distinct[0]))  # (B, D)
             for layer in distinct:
                 h = torch.where((layers == layer)[:, None], self.hidden(layer), h)
-        z = self._project(h, final_norm)  # (B, V)
+            z = self._project(h, final_norm)  # (B, V)
         return z if -1 not in chosen else torch.where((layers >= 0)[:, None], z, self.logits)

@@ -75,7 +75,7 @@ def record_step(view: StepView, logits: torch.Tensor, final_norm: bool = True) -
     raw = torch.stack([view.attention(l, renormalize=False)[0] for l in blocks])  # (L, H, I)
     rows = torch.stack([view.attention(l)[0] for l in blocks])  # (L, H, I)
     norm = torch.stack([view.scores(l)[0].norm(dim=-1) for l in blocks])  # (L, H)
-    lens = torch.stack([view.lens(l, final_norm=final_norm)[0] for l in range(L + 1)])  # (L+1, V)
+    lens = view.lenses(list(range(L + 1)), final_norm=final_norm)[0]  # (L+1, V)
     return StepRecord(
         step=view.step,
         attention=rows.float().cpu(),

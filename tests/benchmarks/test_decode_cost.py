@@ -33,6 +33,7 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert list(rows) == ["vanilla", "vanilla_rows", "dualpd"]
     assert rows["vanilla_rows"]["tokens_b1"] == rows["vanilla"]["tokens_b1"]  # the control changes no token
     assert rows["dualpd"]["vs_control"]["1"]["per_token_ms"] > 0
+    assert rows["dualpd"]["vs_vanilla"]["1"]["per_token_paired"] > 0  # one round: one paired ratio
     for row in rows.values():
         assert set(row["runs"]) == {"1", "4"}
         for run in row["runs"].values():

@@ -75,6 +75,9 @@ class FakeView:
     def lens(self, layer: int, final_norm: bool = True) -> torch.Tensor:
         return self._lens[layer]
 
+    def lenses(self, layers: list[int], final_norm: bool = True) -> torch.Tensor:
+        return torch.stack([self._lens[l] for l in layers], 1)  # (B, N, V)
+
 
 def test_selector_and_combiner_by_hand():
     s = DecoAnchorSelector(layers=[3, 5], top_k=2, top_p=1.0)

@@ -67,6 +67,9 @@ class FakeView:
     def lens(self, layer: int, final_norm: bool = True) -> torch.Tensor:
         return self._lens[layer]
 
+    def lenses(self, layers: list[int], final_norm: bool = True) -> torch.Tensor:
+        return torch.stack([self._lens[l] for l in layers], 1)  # (B, N, V)
+
 
 def test_selector_chooses_per_sample():
     s = DolaJsdSelector(layers=[2, 4])

@@ -1,0 +1,55 @@
+"""StepView's logit lens: stacked lenses equal per-layer ones and read the head once."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from mllm_refine.engine.step_view import StepView
+
+
+class CountingHead(nn.Linear):
+    def __init__(self, d: int, v: int):
+        super().__init__(d, v, bias=False)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x)
+
+
+def _view(B: int = 3, D: int = 4, V: int = 7, layers: int = 4) -> StepView:
+    torch.manual_seed(0)
+    head, norm = CountingHead(D, V), nn.LayerNorm(D)
+    adapter = SimpleNamespace(info=lambda: SimpleNamespace(num_layers=layers), final_norm=norm, lm_head=head)
+    capture = SimpleNamespace(hidden={l: torch.randn(B, D) for l in range(layers + 1)}, state={})
+    return StepView(0, torch.zeros(B, 1, dtype=torch.long), torch.randn(B, V), capture, adapter)
+
+
+def test_lenses_equal_lens_per_layer_with_one_head_call():
+    view = _view()
+    stacked = view.lenses([1, 3, 2], final_norm=True)  # (B, 3, V)
+    assert stacked.shape == (3, 3, 7) and view.adapter.lm_head.calls == 1
+    with torch.no_grad():
+        for i, l in enumerate([1, 3, 2]):
+            by_hand = view.adapter.lm_head(view.adapter.final_norm(view.capture.hidden[l]))  # (B, V)
+            torch.testing.assert_close(stacked[:, i], by_hand)
+    calls = view.adapter.lm_head.calls
+    view.lens(3)
+    view.lenses([2, 1])
+    assert view.adapter.lm_head.calls == calls  # cached: no further head call
+    view.lenses([0], final_norm=False)
+    assert view.adapter.lm_head.calls == calls + 1
+
+
+def test_lens_at_picks_each_samples_layer():
+    view = _view()
+    layers = torch.tensor([2, -1, 4])
+    got = view.lens_at(layers)
+    torch.testing.assert_close(got[0], view.lens(2)[0])
+    torch.testing.assert_close(got[1], view.logits[1])
+    torch.testing.assert_close(got[2], view.lens(4)[2])
+    view.lenses([2, 4])
+    torch.testing.assert_close(view.lens_at(layers), got)  # from the cached lenses: the same rows
