@@ -230,14 +230,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 def write(result: dict[str, Any], json_path: Path, md_path: Path, name: str = BLOCK) -> None:
     """Write the JSON; put the tables between the ``name`` block's markers of the Markdown file."""
-    BEGIN, END = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    block = f"{BEGIN}\n{markdown(result)}\n{END}"
-    text = md_path.read_text() if md_path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{markdown(result)}\n{end}"
+    text = md_path.read_text() if md_path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     md_path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,12 +119,9 @@ def test_lens_of_last_block_is_final_logits(llava, samples):
 def test_probed_decode_steps_give_sdpa_logits(llava, samples):
     """At a decode step a probed block's output comes from the probe's own row, not from sdpa:
     every step's logits must equal those of a run that probes nothing (padded batch included)."""
-    model, _, probed, _ = _run(llava, samples, attention=set(range(1, model_blocks(llava) + 1)), hidden=set())
+    blocks = llava[0].config.text_config.num_hidden_layers
+    _, _, probed, _ = _run(llava, samples, attention=set(range(1, blocks + 1)), hidden=set())
     _, _, plain, _ = _run(llava, samples, attention=set(), hidden=set())
     assert len(probed.seen) == len(plain.seen) >= 2
     for a, b in zip(probed.seen, plain.seen):
         torch.testing.assert_close(a["logits"], b["logits"], atol=1e-5, rtol=1e-5)
-
-
-def model_blocks(llava) -> int:
-    return llava[0].config.text_config.num_hidden_layers
