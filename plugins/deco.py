@@ -10,13 +10,19 @@ the final layer's candidate tokens.
 The anchor hands ``C``, ``p_max`` and ``z_{a*}`` to the combiner through the request's scratch
 state (``view.state``), so the combiner works only beside ``deco_anchor`` (``Parts.check`` says so).
 
-Readings where the paper leaves room (parameters, so other readings are one override away):
-- anchor layers: 20..28 of 32, both ends included, scaled to the depth as
-  ``round(20 L / 32) .. round(28 L / 32)`` (halves round up), kept within ``1..L-1``;
-- the cut keeps the tokens whose cumulative probability, their own included, is at most ``p`` (the
-  paper's formula) and always the top token; probabilities are those of the full softmax;
+The defaults follow the authors' code (zjunlp/Deco, ``transformers/generation/utils.py``,
+``deco_greedy_search``; other readings are one parameter away):
+- anchor layers: ``early_exit_layers = range(20, 29)`` of LLaVA-1.5-7B's 32 blocks, scaled to the
+  depth as ``round(20 L / 32) .. round(28 L / 32)`` (halves round up), kept within ``1..L-1``;
+- the cut (``cut``) keeps the tokens up to and including the one whose cumulative probability
+  reaches ``p``, as top-p sampling does (``"crossing"``, the authors' code: ``searchsorted`` of
+  ``p`` in the cumulative probabilities, plus one); ``"within"`` keeps only the tokens whose
+  cumulative probability, their own included, is at most ``p`` (and always the top token), under
+  which a top token below ``p`` with a runner-up crossing it stays alone and DeCo cannot change
+  the answer; probabilities are those of the full softmax, not renormalised over the top ``k``;
 - the logit lens applies the final norm (``final_norm``), for the choice and for ``z_{a*}``;
-- ties go to the lower layer, then to the more probable final token;
+- ties go to the lower layer, then to the more probable final token (the first maximum of the
+  layer-major argmax); every step is corrected, the first one included;
 - image placeholder tokens, which the engine never emits, are left out of the candidates (the
   cumulative cut runs over the probabilities of the other tokens).
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -43,13 +49,23 @@ def default_anchor_layers(num_layers: int) -> list[int]:
     return list(range(lo, hi + 1)) or [max(0, num_layers - 1)]
 
 
-def candidate_set(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_set(
+    logits: torch.Tensor, top_k: int, top_p: float, cut: str = "crossing"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The final layer's candidates: ``(B, k)`` token ids of its top-k tokens, most probable first,
-    and ``(B, k)`` bool, true for those whose cumulative probability (their own included) is at
-    most ``top_p``; the top token is always a candidate."""
+    and ``(B, k)`` bool, true for the candidates. ``cut="crossing"``: a token stays while the
+    cumulative probability before it is below ``top_p``, so the token that reaches ``top_p`` stays
+    too; ``"within"``: while the cumulative probability with it is at most ``top_p``. The top token
+    is always a candidate."""
     probs = logits.softmax(-1)  # (B, V)
     top, ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (B, k)
-    keep = (top.cumsum(-1) <= top_p) & (top > 0)  # (B, k)
+    total = top.cumsum(-1)  # (B, k) cumulative probability, each token's own included
+    if cut == "crossing":
+        before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], 1)  # (B, k) mass above the token
+        keep = before < top_p
+    else:
+        keep = total <= top_p
+    keep = keep & (top > 0)
     keep[:, 0] = True
     return ids, keep
 
@@ -73,7 +89,8 @@ class DecoAnchorSelector(LayerSelector):
     noop_params = {}  # a selector changes nothing by itself
     layers: list[int] | None = None  # anchor layers; None: 20..28 of 32 scaled to the depth
     top_k: int = 20  # candidates: the top-k final tokens ...
-    top_p: float = 0.9  # ... whose cumulative probability is at most top_p (the top one always)
+    top_p: float = 0.9  # ... cut at cumulative probability top_p (at least the top token)
+    cut: Literal["crossing", "within"] = "crossing"  # crossing: the token reaching top_p stays (authors' code)
     final_norm: bool = True  # apply the final norm in the logit lens
 
     def setup(self, info: ModelInfo) -> None:
@@ -81,6 +98,8 @@ class DecoAnchorSelector(LayerSelector):
         L = info.num_layers
         if self.top_k < 1:
             raise ValueError(f"top_k: {self.top_k} must be at least 1")
+        if self.cut not in ("crossing", "within"):
+            raise ValueError(f"cut: {self.cut!r} is neither 'crossing' nor 'within'")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p: {self.top_p} is outside (0, 1]")
         self._layers = resolve_layers(self.layers or default_anchor_layers(L), L, "layers", lowest=0)
@@ -97,7 +116,7 @@ class DecoAnchorSelector(LayerSelector):
         # Image placeholders are never emitted (the engine suppresses them): they are no candidates.
         placeholders = torch.tensor(view.adapter.image_token_ids, dtype=torch.long, device=view.logits.device)
         final = view.logits.index_fill(1, placeholders, float("-inf"))  # (B, V)
-        ids, keep = candidate_set(final, self.top_k, self.top_p)  # (B, k) each
+        ids, keep = candidate_set(final, self.top_k, self.top_p, self.cut)  # (B, k) each
         lens = view.lenses(self._layers, final_norm=self.final_norm)  # (B, A, V)
         a, p_max = anchor(lens.softmax(-1), ids, keep)  # (B,) each
         rows = torch.arange(lens.shape[0], device=lens.device)

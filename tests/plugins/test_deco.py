@@ -39,12 +39,80 @@ def test_candidate_set_by_hand():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.95, 0.0, 0.0]])
     logits = probs.clamp_min(1e-9).log()  # (B=2, V=4)
     ids, keep = candidate_set(logits, top_k=3, top_p=0.9)
-    # Row 0: cumulative 0.5, 0.8, 0.95 -> the third crosses 0.9 and is cut.
-    # Row 1: the top token alone holds 0.95 > 0.9 and is kept anyway.
-    assert ids.tolist()[0] == [0, 1, 2] and keep.tolist()[0] == [True, True, False]
+    # Row 0: cumulative 0.5, 0.8, 0.95 -> the third reaches 0.9 and stays (as top-p does).
+    # Row 1: the top token alone holds 0.95 >= 0.9: it stays alone.
+    assert ids.tolist()[0] == [0, 1, 2] and keep.tolist()[0] == [True, True, True]
     assert ids.tolist()[1][:2] == [1, 0] and keep.tolist()[1] == [True, False, False]
+    ids, keep = candidate_set(logits, top_k=3, top_p=0.9, cut="within")
+    assert keep.tolist() == [[True, True, False], [True, False, False]]  # 0.95 > 0.9 is cut
     ids, keep = candidate_set(logits, top_k=2, top_p=1.0)
     assert ids.tolist() == [[0, 1], [1, 0]] and keep.all()
+
+
+def test_candidate_set_keeps_the_runner_up_at_an_ambiguous_step():
+    """p1 < 0.9 <= p1 + p2: the authors' cut keeps both tokens; 'within' keeps the top one alone."""
+    logits = torch.tensor([[0.6, 0.35, 0.05]]).log()  # (B=1, V=3)
+    _, keep = candidate_set(logits, top_k=20, top_p=0.9)
+    assert keep.tolist() == [[True, True, False]]
+    _, keep = candidate_set(logits, top_k=20, top_p=0.9, cut="within")
+    assert keep.tolist() == [[True, False, False]]
+
+
+def authors_deco(final: torch.Tensor, lens: torch.Tensor, alpha: float, top_p: float, top_k: int):
+    """The authors' DeCo step for one sequence (zjunlp/Deco, ``transformers/generation/utils.py``,
+    ``deco_greedy_search`` / the per-sequence loop of ``deco_beam_search``), written out here.
+    ``final`` (V,) final logits, ``lens`` (A, V) the anchor layers' normed logit lens."""
+    probs = final.softmax(-1)
+    top, ids = probs.topk(top_k)
+    cumulative = top.cumsum(-1)
+    cutoff = min(int(torch.searchsorted(cumulative, torch.tensor(top_p), right=False)) + 1, top_k)
+    candidates = ids[:cutoff]
+    layer_probs = lens.softmax(-1)[:, candidates]  # (A, c)
+    flat = int(layer_probs.argmax())
+    p_max = layer_probs.max().item()
+    anchor_index = flat // layer_probs.shape[1]
+    out = final + alpha * p_max * lens[anchor_index]
+    remove = torch.ones_like(out, dtype=torch.bool)
+    remove[candidates] = False
+    return out.masked_fill(remove, float("-inf")), anchor_index
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_selector_and_combiner_match_the_authors_step(seed):
+    torch.manual_seed(seed)
+    B, V, layers = 6, 40, [3, 5, 6]
+    # Sharp and flat rows: candidate sets from one token to all top_k.
+    final = torch.randn(B, V) * torch.tensor([0.3, 1.0, 2.0, 3.0, 5.0, 8.0])[:, None]
+    lens = {l: torch.randn(B, V) * 2 for l in layers}
+    s = DecoAnchorSelector(layers=layers, top_k=10, top_p=0.9)
+    c = DecoModulateCombiner(alpha=0.6)
+    s.setup(INFO)
+    c.setup(INFO)
+    view = FakeView(final, lens)
+    chosen = s.select(view)
+    out = c.combine(view, chosen)
+    for b in range(B):
+        want, a = authors_deco(final[b], torch.stack([lens[l][b] for l in layers]), 0.6, 0.9, 10)
+        assert chosen[b].item() == layers[a]
+        torch.testing.assert_close(out[b], want)
+
+
+def test_deco_can_change_the_answer_at_an_ambiguous_step():
+    """Top token 0.6, runner-up 0.35: an anchor sure of the runner-up flips the greedy choice."""
+    s = DecoAnchorSelector(layers=[3], top_k=20, top_p=0.9)
+    c = DecoModulateCombiner(alpha=0.6)
+    s.setup(INFO)
+    c.setup(INFO)
+    final = torch.tensor([[0.6, 0.35, 0.04, 0.01]]).log()  # (B=1, V=4)
+    z3 = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # layer 3 puts e^5 / (e^5 + 3) ~ 0.98 on token 1
+    view = FakeView(final, {3: z3})
+    out = c.combine(view, s.select(view))
+    # token 0: log 0.6 = -0.51; token 1: log 0.35 + 0.6 * 0.98 * 5 = -1.05 + 2.94
+    assert out.argmax(-1).tolist() == [1]
+    s_within = DecoAnchorSelector(layers=[3], top_k=20, top_p=0.9, cut="within")
+    s_within.setup(INFO)
+    view = FakeView(final, {3: z3})
+    assert c.combine(view, s_within.select(view)).argmax(-1).tolist() == [0]  # token 1 is no candidate
 
 
 def test_anchor_picks_layer_and_candidate_by_hand():
@@ -134,6 +202,8 @@ def test_bad_settings_are_refused():
         DecoAnchorSelector(top_p=0.0).setup(INFO)
     with pytest.raises(ValueError, match="top_k"):
         DecoAnchorSelector(top_k=0).setup(INFO)
+    with pytest.raises(ValueError, match="cut"):
+        DecoAnchorSelector(cut="below").setup(INFO)
     s = DecoAnchorSelector()
     s.setup(INFO)
     assert s.candidates() == [5, 6, 7] and s.needs().hidden == frozenset({5, 6, 7})
