@@ -5,7 +5,10 @@ For each size ratio ``r`` the window is ``r * crop_size`` pixels of the original
 cell, at most the whole map). The window with the largest sum is found; its sharpness is
 ``(sum - mean of the sums of the windows shifted one cell left / right / up / down) / cells``.
 The ratio with the sharpest window wins; the box is ``r * crop_size`` pixels centred on that
-window, moved inside the image and cut at its borders.
+window, moved inside the image and cut at its borders. As in the authors' ``utils.py``
+(``bbox_from_att_image_adaptive``): ties go to the first window scanning columns first (left
+most, then top most) and to the first ratio; a window is at least one cell (theirs can be zero
+cells wide on images wider than ``cells * crop_size``, and its score then is not a number).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def best_box(m: torch.Tensor, image_size: tuple[int, int], crop_size: int, ratio
                 return Box(0, 0, W, H, ratio)
             continue
         sums = window_sums(m, h, w)  # (R - h + 1, C - w + 1)
-        y, x = divmod(int(sums.argmax()), sums.shape[1])
+        x, y = divmod(int(sums.T.argmax()), sums.shape[0])  # first maximum scanning columns first
         score = sharpness(sums, y, x, h * w)
         if best is None or score > best[0]:
             best = (score, y, x, h, w, ratio)
@@ -74,10 +77,12 @@ def best_box(m: torch.Tensor, image_size: tuple[int, int], crop_size: int, ratio
 
 
 def split_grid(image_size: tuple[int, int], limit: int) -> tuple[int, int]:
-    """``(columns, rows)`` of blocks a large image is split into (1, 1 when it fits ``limit``):
-    rows ``ceil(H / limit)``, columns ``rows * W / H`` rounded down, at least 1."""
+    """``(columns, rows)`` of blocks of the high-resolution split: rows ``ceil(H / limit)``, columns
+    ``rows * W / H`` rounded down and at least 1 (where the authors' formula gives 0, a portrait
+    image, their split divides by zero). An image that fits ``limit`` still splits when it is at
+    least twice as wide as tall; ``limit <= 0`` never splits."""
     W, H = image_size
-    if limit <= 0 or max(W, H) <= limit:
+    if limit <= 0:
         return 1, 1
     rows = math.ceil(H / limit)
     return max(1, int(rows * W / H)), rows

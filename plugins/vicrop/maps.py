@@ -101,11 +101,13 @@ def pixel_planes(grad: torch.Tensor, inputs: Any, vision_config: Any) -> list[to
 def high_pass_mask(image: Image.Image, size: tuple[int, int], blur: int = 3, median: int = 7) -> torch.Tensor:
     """``(H', W')`` bool: where the image's high frequencies are above their median.
 
-    The image, resized to ``size = (H', W')`` in [0, 1], minus its Gaussian blur (``blur`` x
-    ``blur``, sigma as torchvision's default), L2 over channels, median filtered (``median`` x
-    ``median``), compared with its median.
+    As the authors' ``high_pass_filter`` (``utils.py``): the image, resized bilinearly to
+    ``size = (H', W')`` in [0, 1], minus its Gaussian blur (``blur`` x ``blur``, sigma as
+    torchvision's default, borders reflected without repeating the edge), L2 over channels,
+    median filtered (``median`` x ``median``, borders reflected repeating the edge, as scipy's
+    ``median_filter``), compared with its median.
     """
-    x = torch.from_numpy(np.array(image.convert("RGB").resize(size[::-1], Image.BICUBIC)))
+    x = torch.from_numpy(np.array(image.convert("RGB").resize(size[::-1], Image.BILINEAR)))
     x = x.permute(2, 0, 1).double()[None] / 255.0  # (1, 3, H', W')
     sigma = 0.3 * ((blur - 1) * 0.5 - 1) + 0.8
     k = torch.exp(-((torch.arange(blur, dtype=torch.float64) - (blur - 1) / 2) ** 2) / (2 * sigma**2))
@@ -114,9 +116,10 @@ def high_pass_mask(image: Image.Image, size: tuple[int, int], blur: int = 3, med
     low = F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), k.expand(3, 1, blur, blur), groups=3)
     h = (x - low)[0].norm(dim=0)  # (H', W')
     r = median // 2
-    windows = F.unfold(F.pad(h[None, None], (r,) * 4, mode="replicate"), median)  # (1, median^2, H'*W')
-    h = windows.median(dim=1).values.reshape(h.shape)  # (H', W')
-    return h > h.median()
+    padded = torch.from_numpy(np.pad(h.numpy(), r, mode="symmetric"))  # (H' + 2r, W' + 2r)
+    windows = F.unfold(padded[None, None], median)  # (1, median^2, H'*W')
+    h = windows.median(dim=1).values.reshape(h.shape)  # (H', W') an odd count: the exact median
+    return h > h.median()  # the lower middle value: the same cut as numpy's mean of the two middles
 
 
 def pure_grad(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,8 @@ def test_split_grid_and_stitch():
     assert split_grid((3000, 800), 1024) == (3, 1)
     assert split_grid((800, 3000), 1024) == (1, 3)
     assert split_grid((2100, 2100), 1024) == (3, 3)
+    assert split_grid((1000, 400), 1024) == (2, 1)  # fits, but twice as wide as tall: the authors split it
+    assert split_grid((900, 2000), 1024) == (1, 2)  # the authors' int(2 * 900 / 2000) = 0 divides by zero
     assert split_grid((5000, 5000), 0) == (1, 1)
     blocks = split_image(Image.new("RGB", (30, 20)), 3, 2)
     assert len(blocks) == 6 and all(b.size == (10, 10) for b in blocks)
@@ -75,3 +78,69 @@ def test_split_grid_and_stitch():
     s = stitch(maps, 3, 2)
     assert s.shape == (4, 6)
     assert s[0, 0] == 0 and s[0, 5] == 2 and s[3, 0] == 3 and s[3, 5] == 5
+
+
+def authors_box(att: np.ndarray, image_size: tuple[int, int], bbox_size: int) -> tuple[float, ...]:
+    """The authors' adaptive box (saccharomycetes/mllms_know, ``utils.py``,
+    ``bbox_from_att_image_adaptive``), written out loop by loop."""
+    ratios = [1, 1.2, 1.4, 1.6, 1.8, 2]
+    R, C = att.shape
+    bw, bh = image_size[0] / C, image_size[1] / R
+    poses, scores, nums = [], [], []
+    for ratio in ratios:
+        nx, ny = min(int(bbox_size * ratio / bw), C), min(int(bbox_size * ratio / bh), R)
+        if C - nx < 1 and R - ny < 1:
+            if ratio == 1:
+                return 0, 0, image_size[0], image_size[1]
+            continue
+        nums.append((nx, ny))
+        sums = np.zeros((R - ny + 1, C - nx + 1))
+        best, pos = -np.inf, (0, 0)
+        for x in range(C - nx + 1):  # columns outside, rows inside: ties go to the left-most window
+            for y in range(R - ny + 1):
+                v = att[y : y + ny, x : x + nx].sum()
+                sums[y, x] = v
+                if v > best:
+                    best, pos = v, (x, y)
+        near = []
+        if pos[0] > 0:
+            near.append(sums[pos[1], pos[0] - 1])
+        if pos[0] < sums.shape[1] - 1:
+            near.append(sums[pos[1], pos[0] + 1])
+        if pos[1] > 0:
+            near.append(sums[pos[1] - 1, pos[0]])
+        if pos[1] < sums.shape[0] - 1:
+            near.append(sums[pos[1] + 1, pos[0]])
+        scores.append((best - np.mean(near)) / (nx * ny))
+        poses.append(pos)
+    i = int(np.argmax(scores))
+    (x, y), (nx, ny), size = poses[i], nums[i], bbox_size * ratios[i]
+    xc, yc = int(x * bw + bw * nx / 2), int(y * bh + bh * ny / 2)
+    xc = size // 2 if xc < size // 2 else xc
+    yc = size // 2 if yc < size // 2 else yc
+    xc = image_size[0] - size // 2 if xc > image_size[0] - size // 2 else xc
+    yc = image_size[1] - size // 2 if yc > image_size[1] - size // 2 else yc
+    return (max(0, xc - size // 2), max(0, yc - size // 2),
+            min(image_size[0], xc + size // 2), min(image_size[1], yc + size // 2))  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_box_matches_the_authors(seed):
+    rng = np.random.default_rng(seed)
+    R, C = [(24, 24), (16, 16), (12, 20), (24, 24), (8, 30), (24, 24)][seed]
+    W, H = [(640, 480), (500, 900), (1200, 700), (336, 336), (2000, 400), (700, 700)][seed]
+    att = rng.random((R, C)) ** 4
+    if seed == 5:  # exact ties: two equally hot cells, and a flat rest
+        att = np.full((R, C), 0.5)
+        att[2, 17] = att[17, 2] = 3.0
+    box = best_box(torch.from_numpy(att), (W, H), 224, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
+    assert box.as_list() == [int(v) for v in authors_box(att, (W, H), 224)]
+
+
+def test_equal_windows_go_to_the_left_most():
+    # Two hot cells of the same weight: top-right (row 1, col 10) and bottom-left (row 10, col 1);
+    # values exact in binary, so that every window sum is exact and the two windows tie.
+    m = torch.full((12, 12), 0.25, dtype=torch.float64)
+    m[1, 10] = m[10, 1] = 1.0
+    box = best_box(m, (240, 240), crop_size=40, ratios=[1.0])  # 2 x 2-cell windows of 20 px cells
+    assert box.x0 < 120 and box.y0 > 120  # the bottom-left one: columns are scanned first
