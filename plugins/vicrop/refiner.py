@@ -44,7 +44,13 @@ GENERIC = "Write a general description of the image."
 RATIOS = [1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
 # The authors' blocks (1-based): LLaVA-1.5-7B reads attentions[14], block 15 of 32;
 # Qwen2.5-VL-3B reads attentions[22], block 23 of 36. Keyed by the adapter's family.
-PAPER_LAYER = {"llava": (15, 32), "llava_next": (15, 32), "qwen2_vl": (23, 36), "qwen2_5_vl": (23, 36), "qwen3_vl": (23, 36)}
+PAPER_LAYER = {
+    "llava": (15, 32),
+    "llava_next": (15, 32),
+    "qwen2_vl": (23, 36),
+    "qwen2_5_vl": (23, 36),
+    "qwen3_vl": (23, 36),
+}
 # The authors' crop base for an encoder without a fixed input size (Qwen2.5-VL: 224 px); an
 # encoder with one (LLaVA's CLIP: 336 px, InstructBLIP's: 224 px) uses that size.
 DYNAMIC_CROP = 224

@@ -275,5 +275,6 @@ def test_split_modes(split, size, batches):
 def test_default_does_not_split():
     refiner = ViCrop()
     assert refiner.split == "never"
+    info = ModelInfo(num_layers=6, num_heads=4, num_kv_heads=2, hidden_size=8, vocab_size=4, family="llava")
     with pytest.raises(ValueError, match="split"):
-        ViCrop(split="always").setup(ModelInfo(num_layers=6, num_heads=4, num_kv_heads=2, hidden_size=8, vocab_size=4, family="llava"))
+        ViCrop(split="always").setup(info)
