@@ -4,7 +4,11 @@ Contrastive Decoding" (Leng et al., CVPR 2024, arXiv 2311.16922).
 ``vcd`` (LogitCombiner): a second branch sees the image with diffusion noise, ``v'``, and is
 decoded in lockstep with the answer (its own KV cache, fed the tokens the answer chose). Each step
 ``(1 + a) z(v) - a z(v')`` on the plausible tokens ``{t : p(t | v) >= beta * max p(. | v)}``,
-``-inf`` elsewhere; then greedy or sampling as configured.
+``-inf`` elsewhere (the cut on the clean logits, i.e. on ``p(. | v)``, as the authors' sampler);
+then the recipe's penalty, warpers and sampler. The authors sample from it (``do_sample=True``,
+temperature 1, no top-p or top-k) with ``a = 1``; their sampler and evaluation script default
+``beta`` to 0.1, their POPE run script passes 0.2 (``recipes/vcd.yaml`` follows the run script,
+``recipes/vcd_greedy.yaml`` decodes greedily).
 
 Noise: ``v' = sqrt(abar_t) v + sqrt(1 - abar_t) eps`` on the processor's normalised pixel tensor
 (not clamped), ``abar_t = prod_{s <= t} (1 - beta_s)``, ``t = noise_step`` counted from 0 as in the
@@ -74,8 +78,9 @@ class VCDCombiner(LogitCombiner):
 
     name = "vcd"
     uses_layer = False
+    noop_params = {"alpha": 0.0}  # z(v) inside the cut: the top token always survives it
     alpha: float = 1.0  # a in (1 + a) z(v) - a z(v')
-    beta: float = 0.1  # plausibility cutoff relative to the top token of z(v); 0 keeps all
+    beta: float = 0.1  # plausibility cutoff relative to the top p(. | v); 0 keeps all (run script: 0.2)
     noise_step: int = 500  # t, counted from 0
     steps: int = 1000  # T
     schedule: Literal["sigmoid", "linear"] = "sigmoid"  # sigmoid: the authors' code

@@ -25,6 +25,8 @@ class Qwen2VLAdapter(ModelAdapter):
     name = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_classes = ("Qwen2VLForConditionalGeneration",)
+    # Tokens that wrap each image's placeholders: an image-free prompt drops them too.
+    image_markup_attrs = ("vision_start_token_id", "vision_end_token_id")
 
     def grids_of_images(self, inputs: Mapping[str, torch.Tensor]) -> list[list[tuple[int, int]]]:
         merge = self.model.config.vision_config.spatial_merge_size

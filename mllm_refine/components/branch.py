@@ -1,4 +1,5 @@
-"""Branch: an extra input decoded in lockstep with the answer, e.g. VCD's noisy image."""
+"""Branch: an extra input decoded in lockstep with the answer, e.g. VCD's noisy image or PAI's
+image-free prompt."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ class Branch:
     """A second forward per step with its own inputs and KV cache; its logits reach the parts
     as ``StepView.branch_logits(name)``.
 
-    ``inputs`` builds the branch's batch from the main one (e.g. noisy ``pixel_values``). Each
-    step the branch is fed the token the main pass chose. The recipe's probes and head filters
-    act only in the main pass: the branch is what the model says without them.
+    ``inputs`` builds the branch's batch from the main one (e.g. noisy ``pixel_values``), or from
+    the samples (``engine.branches.image_free``: the prompts without their images); its prompts
+    may differ in length from the main ones. Each step the branch is fed the token the main pass
+    chose. The recipe's probes and head filters act only in the main pass: the branch is what
+    the model says without them.
     """
 
     name: str

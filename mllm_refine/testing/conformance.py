@@ -324,12 +324,16 @@ def check_needs_and_returns(
         return  # head filters and refiners read the AttentionRow or the decoder, not StepView
     declared = part.needs()
     implied = Needs(hidden=frozenset(parts.layer_selector.candidates())) if parts.layer_selector else Needs()
+    def keys(needs: Needs, need: str) -> set:
+        values = getattr(needs, need, ())
+        return {b.name for b in values} if need == "branches" else set(values)  # a branch is read by name
+
     for read, need in _NEED_OF.items():
         got = {key for r, key in reads if r == read}
-        allowed = set(getattr(declared, need, ())) | set(getattr(implied, need, ()))
+        allowed = keys(declared, need) | keys(implied, need)
         if got - allowed:
             raise ConformanceError(f"{label}: read {read} of {sorted(got - allowed)} without declaring Needs.{need}")
-        unused = set(getattr(declared, need, ())) - got
+        unused = keys(declared, need) - got
         if unused:
             raise ConformanceError(
                 f"{label}: declares Needs.{need} {sorted(unused)} but never reads them (the engine captures them for nothing)"

@@ -1,9 +1,11 @@
-"""VCD: noise schedule and combination by hand, the lockstep branch engine, end to end."""
+"""VCD: noise schedule and combination by hand and against a transcription of the authors' code,
+the lockstep branch engine, the shipped recipes' decoding, seeded sampling end to end."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +13,30 @@ import torch
 from mllm_refine.components import HeadFilter, LogitCombiner, Needs
 from mllm_refine.components.branch import Branch
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
+from mllm_refine.engine.processor import post_processors
+from mllm_refine.recipes import load_recipe
+from mllm_refine.testing import TINY_RUN
 from mllm_refine.testing.tiny_models import tiny_llava, tiny_qwen2_vl
-from mllm_refine_plugins.vcd import VCDCombiner, alpha_bar, diffuse
+from mllm_refine_plugins.vcd import VCDCombiner, alpha_bar, diffuse, sample_seed
 from tests.conftest import make_samples
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def authors_noise(x: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """VCD's vcd_add_noise.py in float32: sigmoid betas in [1e-5, 5e-3] over 1000 steps,
+    sqrt(abar_t) x + sqrt(1 - abar_t) noise, t counted from 0."""
+    betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
+    abar = torch.cumprod(1 - betas, dim=0)
+    return abar.sqrt()[t] * x + (1 - abar).sqrt()[t] * noise
+
+
+def authors_contrast(z: torch.Tensor, z_noisy: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """VCD's vcd_sample.py (the "version 2" cutoff): log(beta) + max of the clean logits;
+    (1 + alpha) z - alpha z_cd, -inf below the cutoff."""
+    cutoff = torch.log(torch.tensor(beta)) + z.max(dim=-1, keepdim=True).values
+    diffs = (1 + alpha) * z - alpha * z_noisy
+    return diffs.masked_fill(z < cutoff, -float("inf"))
 
 
 def test_alpha_bar_by_hand():
@@ -40,6 +63,63 @@ def test_diffuse_by_hand_and_tile_by_tile():
     two = diffuse(tiles[:2], 500, abar, torch.Generator().manual_seed(1))
     three = diffuse(tiles, 500, abar, torch.Generator().manual_seed(1))
     torch.testing.assert_close(three[:2], two)
+
+
+def test_noise_matches_the_authors_code():
+    x = torch.randn(3, 8, 8)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ours = diffuse(x, 500, alpha_bar(1000, "sigmoid"), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, authors_noise(x, 500, eps.float()), atol=1e-5, rtol=1e-5)
+
+
+def test_noisy_branch_is_the_authors_noise_on_the_normalised_pixels():
+    model, processor = tiny_llava()
+    vcd = VCDCombiner(seed=4)
+    decoder = Decoder(model, processor, Parts(logit_combiner=vcd), DecodeConfig(max_new_tokens=1))
+    samples = make_samples(2)
+    inputs = decoder.adapter.prepare(samples)
+    noisy = vcd.noisy_inputs(inputs, samples, decoder.adapter)["pixel_values"]  # (B, C, H, W)
+    for b, s in enumerate(samples):
+        g = torch.Generator().manual_seed(sample_seed(4, s.id))
+        eps = torch.randn(inputs["pixel_values"][b].shape, generator=g, dtype=torch.float64).float()
+        expected = authors_noise(inputs["pixel_values"][b], 500, eps)  # not clamped
+        torch.testing.assert_close(noisy[b], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.2), (1.0, 0.1), (0.5, 0.1)])
+def test_contrast_matches_the_authors_code(alpha, beta):
+    torch.manual_seed(2)
+    z, zn = 3 * torch.randn(4, 40), 3 * torch.randn(4, 40)  # (B, V)
+    ours = VCDCombiner(alpha=alpha, beta=beta).combine(FakeView(z, zn), None)
+    theirs = authors_contrast(z, zn, alpha, beta)
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs)) and torch.isinf(ours).any()
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_shipped_recipe_samples_as_the_authors():
+    recipe = load_recipe(RECIPES / "vcd.yaml")
+    d, vcd = recipe.decode, recipe.parts.logit_combiner
+    assert d.do_sample and (d.temperature, d.top_p, d.top_k, d.repetition_penalty) == (1.0, 1.0, 0, 1.0)
+    # No warper or penalty: tokens are drawn from softmax of the contrasted logits, as their sampler.
+    assert len(post_processors(d)) == 0
+    assert (vcd.alpha, vcd.beta, vcd.noise_step, vcd.steps, vcd.schedule) == (1.0, 0.2, 500, 1000, "sigmoid")
+    greedy = load_recipe(RECIPES / "vcd_greedy.yaml")
+    assert not greedy.decode.do_sample and greedy.parts.logit_combiner == vcd
+
+
+def test_shipped_recipe_repeats_with_its_seed():
+    model, processor = tiny_llava()
+    samples = make_samples(4)
+
+    def run(*overrides: str) -> list[list[int]]:
+        recipe = load_recipe(RECIPES / "vcd.yaml", [*TINY_RUN, "decode.max_new_tokens=4", *overrides])
+        return [p.tokens for p in Decoder(model, processor, recipe.parts, recipe.decode).generate(samples)]
+
+    first = run()
+    assert run() == first  # same recipe, same seed: the same sampled answers
+    assert run("decode.seed=1") != first  # sampling is on: another seed draws other tokens
+    greedy = load_recipe(RECIPES / "vcd_greedy.yaml", [*TINY_RUN, "decode.max_new_tokens=4"])
+    assert [p.tokens for p in Decoder(model, processor, greedy.parts, greedy.decode).generate(samples)] != first
 
 
 class FakeView:
