@@ -4,7 +4,6 @@ code, their settings, the image-free branch without amplification, then the reci
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
