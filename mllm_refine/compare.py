@@ -5,6 +5,10 @@ score and, against the benchmark's baseline (the run whose recipe has no parts, 
 ``--baseline``), the delta with a 95% confidence interval from a paired bootstrap: the ids both
 runs scored are resampled with replacement, the same resample for both runs, and the metric is
 recomputed on each. An interval that contains 0 is no evidence of a difference.
+
+When samples carry ``meta["size_bucket"]`` (the relative size of the object a question is about,
+e.g. ``easy_vqa_scenes``), each benchmark also gets a table by bucket, deltas paired over the ids
+of that bucket.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import yaml
 
 from mllm_refine.lightning.shards import PREDICTIONS
 from mllm_refine.metrics.base import StatsMetric
+from mllm_refine.metrics.localisation import ordered_buckets
 from mllm_refine.plugin_manager import get_registry
 
 PART_KEYS = ("layer_selector", "logit_combiner", "head_filters", "input_refiners")
@@ -160,14 +165,50 @@ def table(runs: list[Run], baselines: list[Run], resamples: int = 1000, seed: in
         lines.append(f"| {row} | " + " | ".join(cells.get((row, k), "") for k in benches) + " |")
     method = f"paired bootstrap 95% CI ({resamples} resamples, seed {seed}) over the ids both runs scored"
     lines += ["", f"Scores in percent; deltas to the baseline with a {method}.", *notes]
+    for key, group in benches.items():
+        lines += size_table(group, base.get(key), labels[key], row_of, resamples, seed)
     return "\n".join(lines) + "\n"
 
 
-def _delta(run: Run, base: Run, resamples: int, seed: int) -> str:
+def size_buckets(run: Run) -> dict[str, list[str]]:
+    """Scored ids per ``meta["size_bucket"]`` (small, medium, large first)."""
+    groups: dict[str, list[str]] = {}
+    for i, r in run.scored().items():
+        bucket = (r.get("meta") or {}).get("size_bucket")
+        if bucket is not None:
+            groups.setdefault(str(bucket), []).append(i)
+    return {b: groups[b] for b in ordered_buckets(set(groups))}
+
+
+def size_table(
+    group: list[Run], base: Run | None, label: str, row_of: dict[int, str], resamples: int, seed: int
+) -> list[str]:
+    """Lines of the by-size table of one benchmark (none when no run's samples carry a bucket)."""
+    buckets = {id(r): size_buckets(r) for r in group}
+    names = ordered_buckets({b for groups in buckets.values() for b in groups})
+    if not names:
+        return []
+    lines = ["", f"By target size ({label}; meta.size_bucket):", "", "| recipe | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]  # fmt: skip
+    for r in group:
+        cells = []
+        for b in names:
+            ids = buckets[id(r)].get(b, [])
+            text = f"{_cell(score(r, ids) if ids else None)} (n={len(ids)})"
+            if base is not None and r is not base and ids:
+                text = f"{_cell(score(r, ids))} {_delta(r, base, resamples, seed, set(ids))}"
+            elif r is base:
+                text += " (baseline)"
+            cells.append(text)
+        lines.append(f"| {row_of[id(r)]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None = None) -> str:
     if run.metric != base.metric:
         return f"(metric {run.metric} vs baseline {base.metric}: no delta)"
     a, b = run.scored(), base.scored()
-    ids = [i for i in b if i in a]
+    ids = [i for i in b if i in a and (only is None or i in only)]
     if not ids:
         return "(no ids in common with the baseline)"
     m = _metric(run.metric)

@@ -21,6 +21,7 @@ import yaml
 from mllm_refine.lightning.data import RecipeData, build_dataset
 from mllm_refine.lightning.shards import PREDICTIONS, merge
 from mllm_refine.lightning.trainer import trainer_config
+from mllm_refine.metrics.localisation import localisation_scores, ordered_buckets
 from mllm_refine.models import check_model_path, check_remote_code
 from mllm_refine.plugin_manager import get_registry
 from mllm_refine.recipes.loader import Recipe, build
@@ -54,6 +55,11 @@ def metric_name(recipe: Recipe, dataset: Any) -> str:
     if name not in names:
         raise RecipeError(
             f"{recipe.source}: metric: unknown metric {name!r}{suggest(str(name), names)}; choices: {', '.join(names)}"
+        )
+    if getattr(get_registry().get("metric", name).obj, "scores_maps", False):
+        raise RecipeError(
+            f"{recipe.source}: metric: {name!r} scores importance maps, not answers; runs report it in scores.json's "
+            "localisation whenever the recipe writes a map and the samples carry a target box"
         )
     return str(name)
 
@@ -137,28 +143,43 @@ def _score(metric: Any, preds: list[str], refs: list[list[str]]) -> tuple[float,
     return float(value), {}
 
 
+def _breakdown(factory: Any, scored: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """The score per value of ``meta[key]`` over the records that have one."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in scored:
+        value = (r.get("meta") or {}).get(key)
+        if value is not None:
+            groups.setdefault(str(value), []).append(r)
+    order = ordered_buckets(set(groups)) if key == "size_bucket" else sorted(groups)
+    return {
+        g: {"score": _score(factory(), [r["prediction"] or "" for r in groups[g]], [r["answers"] for r in groups[g]])[0],
+            "n": len(groups[g])}
+        for g in order
+    }  # fmt: skip
+
+
 def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Score every record with reference answers (error records are counted, not scored) and
-    write ``scores.json``, broken down by ``meta["type"]`` where samples have one."""
+    write ``scores.json``, broken down by ``meta["type"]`` and by ``meta["size_bucket"]`` where
+    samples have them; ``localisation`` scores every importance map the records carry against
+    ``meta["target_box"]`` (``metrics/localisation.py``)."""
     factory = get_registry().get("metric", metric).obj
     scored = [r for r in records if not r.get("error") and r.get("answers")]
     if not scored:
         return None
     score, values = _score(factory(), [r["prediction"] or "" for r in scored], [r["answers"] for r in scored])
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in scored:
-        kind = (r.get("meta") or {}).get("type")
-        if kind is not None:
-            groups.setdefault(str(kind), []).append(r)
-    by_type = {
-        kind: {"score": _score(factory(), [r["prediction"] or "" for r in rs], [r["answers"] for r in rs])[0], "n": len(rs)}
-        for kind, rs in sorted(groups.items())
-    }
+    by_type = _breakdown(factory, scored, "type")
+    by_size = _breakdown(factory, scored, "size_bucket")
     result = {"metric": metric, "score": score, "scored": len(scored), "errors": sum(1 for r in records if r.get("error"))}
     if values:
         result["values"] = values
     if len(by_type) > 1:
         result["by_type"] = by_type
+    if by_size:
+        result["by_size"] = by_size
+    localisation = localisation_scores(records)
+    if localisation:
+        result["localisation"] = localisation
     (out / "scores.json").write_text(json.dumps(result, indent=2))
     return result
 

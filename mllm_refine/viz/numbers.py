@@ -13,10 +13,10 @@ from typing import Any, Iterator
 import torch
 
 from mllm_refine.engine import Prediction
+from mllm_refine.metrics.localisation import MAP_KEYS
 from mllm_refine.viz.capture import StepRecord, Trace
 
 BOX_KEYS = ("box", "crop_box", "bbox")
-MAP_KEYS = ("map", "importance", "importance_map", "att_map")
 LAYER_KEYS = ("layer", "anchor", "anchor_layer", "basic_layer")
 
 
@@ -158,7 +158,10 @@ def _as_map(value: Any) -> list[list[float]] | None:
 
 
 def crop_numbers(prediction: Prediction) -> dict[str, Any]:
-    """An input refiner's crop box (original pixels) and importance map, where it reported them."""
+    """An input refiner's crop box (original pixels) and importance map, where it reported them,
+    and the sample's own ``meta.target_box`` (the object the question is about), where it has one."""
+    target = prediction.meta.get("target_box")
+    target = [float(v) for v in target] if _is_box(target) else None
     box, grid, source = None, None, {}
     for where, tree in (("meta", prediction.meta), ("choices", prediction.choices)):
         for key, value in _flat(tree):
@@ -167,7 +170,10 @@ def crop_numbers(prediction: Prediction) -> dict[str, Any]:
                 box, source["box"] = [float(v) for v in value], f"{where}.{key}"
             elif grid is None and leaf in MAP_KEYS and _as_map(value) is not None:
                 grid, source["map"] = _as_map(value), f"{where}.{key}"
-    return {"box": box, "map": grid, "source": source}
+    out: dict[str, Any] = {"box": box, "map": grid, "source": source}
+    if target is not None:
+        out["target"] = target
+    return out
 
 
 def step_numbers(trace: Trace, rec: StepRecord) -> dict[str, dict[str, Any]]:

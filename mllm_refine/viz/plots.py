@@ -14,6 +14,7 @@ from PIL import Image
 
 HINT = "matplotlib is needed for inspect plots: pip install matplotlib  (or: pip install 'mllm-refine[viz]')"
 MARK = "#e4002b"
+TARGET = "#00b3ff"
 MARKERS = ("x", "o", "s", "^", "D")
 
 
@@ -156,9 +157,10 @@ def plot_lens(numbers: dict[str, Any], path: Path, title: str = "") -> Path:
 
 
 def plot_crop(numbers: dict[str, Any], image: Image.Image, path: Path, title: str = "") -> Path | None:
-    """The importance map over the original picture and the crop box; None when neither exists."""
-    box, grid = numbers["box"], numbers["map"]
-    if box is None and grid is None:
+    """The importance map over the original picture, the crop box and the sample's target box
+    (dashed); None when none exists."""
+    box, grid, target = numbers["box"], numbers["map"], numbers.get("target")
+    if box is None and grid is None and target is None:
         return None
     from matplotlib.patches import Rectangle
 
@@ -170,7 +172,12 @@ def plot_crop(numbers: dict[str, Any], image: Image.Image, path: Path, title: st
         ax.imshow(grid, cmap="inferno", alpha=0.55, extent=(0, w, h, 0), interpolation="nearest")
     if box is not None:
         x0, y0, x1, y1 = box
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=MARK, linewidth=2.5))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=MARK, linewidth=2.5, label="crop"))
+    if target is not None:
+        x0, y0, x1, y1 = target
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=TARGET, linewidth=2, linestyle="--",
+                               label="target"))  # fmt: skip
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_title(_lines(title or "input refiner: importance map and crop box"), fontsize=10)

@@ -38,7 +38,8 @@ KINDS = {
     ),
     "crop": (
         "Crop and importance map",
-        "What an input refiner reported: the crop box in original pixels and its importance map.",
+        "What an input refiner reported: the crop box in original pixels and its importance map; dashed: the "
+        "sample's target box (the object the question is about), where the dataset gives one.",
     ),
 }
 

@@ -256,3 +256,14 @@ def test_cli_usage_errors(picture, tmp_path, capsys):
     assert main(["inspect", recipe, "--id", "nope", "-o", str(tmp_path)]) == 2
     assert "no sample 'nope'" in capsys.readouterr().err
 
+
+
+def test_target_box_of_the_sample_is_drawn(tmp_path):
+    from mllm_refine.engine import Prediction
+    from mllm_refine.viz import plots
+
+    p = Prediction(id="a", question="q", prediction="x", meta={"target_box": [10, 20, 30, 40], "image_size": [64, 64]})
+    numbers = crop_numbers(p)
+    assert numbers == {"box": None, "map": None, "source": {}, "target": [10.0, 20.0, 30.0, 40.0]}
+    png = plots.plot_crop(numbers, Image.new("RGB", (64, 64), "white"), tmp_path / "crop.png")
+    assert png is not None and png.stat().st_size > 0
