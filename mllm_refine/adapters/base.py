@@ -128,6 +128,29 @@ class ModelAdapter:
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
+    def question_last(self, samples: list[Sample], input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` long: where each sample's last question token sits in ``input_ids`` (B, T), a
+        left-padded batch from ``prepare``.
+
+        Family-independent: the sample's prompt text is tokenised alone (as the processor does,
+        special tokens included) and the tokens after the one holding the question's last
+        character are counted; the chat template's tail (the assistant header) follows the
+        question and image tokens expand only before it, so that count from the end of the row
+        holds in ``input_ids`` too. A token that merges the question's last character with the
+        template's next one (``?\n``) is the question's last token.
+        """
+        after = []
+        for sample in samples:
+            text, question = self.prompt(sample), sample.question.strip()
+            start = text.rfind(question)
+            if not question or start < 0:
+                raise ValueError(f"sample {sample.id}: its question does not appear in its prompt text")
+            end = start + len(question)  # one past the question's last character
+            spans = self.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+            last = max(i for i, (a, b) in enumerate(spans) if a < end and b > a)  # empty spans: special tokens
+            after.append(len(spans) - 1 - last)
+        return input_ids.shape[1] - 1 - torch.tensor(after, dtype=torch.long, device=input_ids.device)
+
     def prepare(self, samples: list[Sample]) -> BatchFeature:
         """Model inputs for a batch, left padded."""
         self.tokenizer.padding_side = "left"

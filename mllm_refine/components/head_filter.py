@@ -36,6 +36,10 @@ class AttentionRow:
     # same forward pass, (B, H, I) raw probabilities each; Needs.prefill_rows, (B, H, T) each.
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
     prefill_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    # Needs.question_rows: (block, back) -> (B, H, T) rows of the prefill, and (B,) the position of
+    # each sample's last question token in the prompt (None when no part asked for them).
+    question_rows: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    question_last: torch.Tensor | None = None
     # False when the row sees every key (no padding in the batch): ``key_valid`` is all True and
     # a filter may skip masking with it.
     padded: bool = True

@@ -61,6 +61,20 @@ def row_scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) ->
     return scores.mul_(scale).reshape(B, H, K)  # (B, H, K)
 
 
+def prompt_row(
+    query: torch.Tensor, key: torch.Tensor, scaling: float | None, key_valid: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """``(B, H, K)`` post-softmax attention of the prompt query at ``positions`` (B,), one per
+    sample, of a prefill pass (``query`` (B, H, T, Dh), ``key`` (B, Hkv, K, Dh)): the causal row,
+    zero on later keys and outside ``key_valid`` (B, K)."""
+    B, H, _, Dh = query.shape
+    q = query.gather(2, positions.view(B, 1, 1, 1).expand(B, H, 1, Dh))  # (B, H, 1, Dh)
+    scores = row_scores(q, key, scaling)  # (B, H, K)
+    K = scores.shape[-1]
+    allowed = key_valid & (torch.arange(K, device=key.device)[None, :] <= positions[:, None])  # (B, K)
+    return torch.softmax(scores.masked_fill(~allowed[:, None, :], float("-inf")), dim=-1)
+
+
 def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """The block's attention output ``(B, Q, H, Dh)`` with its last row made from ``probs``
     (B, H, K) and ``value`` (B, Hkv, K, Dh); ``out`` None: the output is that row alone (Q = 1).
@@ -112,6 +126,11 @@ class Capture:
         self.hidden: dict[int, torch.Tensor] = {}  # layer -> (B, D)
         self.prefill_rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, T)
         self.scores: dict[int, torch.Tensor] = {}  # layer -> (B, H, K) pre-softmax, before filters
+        self.question_rows: dict[tuple[int, int], torch.Tensor] = {}  # (layer, back) -> (B, H, T)
+        self.question_last: torch.Tensor | None = None  # (B,) position of each last question token
+        self._question_backs: dict[int, list[int]] = {}  # layer -> the ``back`` offsets it keeps
+        for layer, back in sorted(needs.question_rows):
+            self._question_backs.setdefault(layer, []).append(back)
         self.paused = False  # True while a branch pass runs: no probe records, no filter acts
         self.branches: Any = None  # engine.branches.BranchRunner when Needs.branches is set
         self.branch_logits: dict[str, torch.Tensor] = {}  # name -> (B, V) at the current step
@@ -126,11 +145,18 @@ class Capture:
         finally:
             self.paused = False
 
-    def begin(self, input_ids: torch.Tensor, inputs: Mapping[str, torch.Tensor] | None = None) -> None:
+    def begin(
+        self, input_ids: torch.Tensor, inputs: Mapping[str, torch.Tensor] | None = None, samples: list | None = None
+    ) -> None:
         """Locate each sample's image tokens in the prompt ``(B, T)``; with ``Needs.image_grid``,
-        also their grids, from the prepared ``inputs``."""
+        also their grids, from the prepared ``inputs``; with ``Needs.question_rows``, each
+        sample's last question token, from the ``samples`` the batch was prepared from."""
         if self.needs.image_grid and inputs is None:
             raise ValueError("Needs.image_grid: Capture.begin needs the prepared inputs to locate image grids")
+        if self.needs.question_rows:
+            if samples is None:
+                raise ValueError("Needs.question_rows: Capture.begin needs the samples to locate their questions")
+            self.question_last = self.adapter.question_last(samples, input_ids)  # (B,)
         self.image_grid = self.adapter.image_grid(inputs) if self.needs.image_grid else None
         self._masks = None
         mask = inputs.get("attention_mask") if inputs is not None else None
@@ -156,7 +182,7 @@ class Capture:
             layer in self.filters
             or layer in needs.attention
             or layer in needs.scores
-            or (layer in needs.prefill_rows and self.step == 0)
+            or (self.step == 0 and (layer in needs.prefill_rows or layer in self._question_backs))
         )
 
     def owns_row(self, module: nn.Module) -> bool:
@@ -204,8 +230,14 @@ class Capture:
             row_end_tokens=self.adapter.row_end_tokens,
             attention={l: a for l, a in self.attention.items() if l < layer},  # this pass only
             prefill_rows=self.prefill_rows,
+            question_rows=self.question_rows,
+            question_last=self.question_last,
             padded=padded,
         )
+        if self.step == 0 and layer in self._question_backs:
+            for back in self._question_backs[layer]:
+                positions = self.question_last - back  # (B,)
+                self.question_rows[(layer, back)] = prompt_row(query, key, scaling, key_valid, positions)
         if layer in self.needs.scores:  # keys the row may not attend to hold 0, so row norms skip them
             self.scores[layer] = scores.masked_fill(~key_valid[:, None, :], 0.0) if padded else scores
         for f in filters:
@@ -238,7 +270,8 @@ class Capture:
     @contextmanager
     def installed(self) -> Iterator["Capture"]:
         adapter = self.adapter
-        layers = sorted(set(self.filters) | self.needs.attention | self.needs.prefill_rows | self.needs.scores)
+        needs = self.needs
+        layers = sorted(set(self.filters) | needs.attention | needs.prefill_rows | needs.scores | set(self._question_backs))
         handles = []
         try:
             for layer in layers:

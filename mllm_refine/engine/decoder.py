@@ -108,7 +108,7 @@ class Decoder:
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         capture = Capture(self.adapter, self.needs, self.parts.head_filters)
-        capture.begin(inputs["input_ids"], inputs)
+        capture.begin(inputs["input_ids"], inputs, samples)
         if self.needs.branches:
             branches = check_branches(self.needs.branches)
             capture.branches = BranchRunner(self.model, self.adapter, branches, inputs, samples, capture)

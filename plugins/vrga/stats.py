@@ -1,0 +1,74 @@
+"""VRGA's per-head statistics: how much a head looks at the image (R), how spread that look is
+(H), and the head sets they select, at prefill and at each later step."""
+
+from __future__ import annotations
+
+import torch
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+def row_stats(probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R, H)``, each ``(B, H)``, of attention rows ``probs`` (B, H, K): the image's mean
+    probability over the mean of all valid keys, and the entropy (nats) of the image part
+    renormalised to sum 1."""
+    cols = torch.stack([image_keys, key_valid], dim=-1).to(probs.dtype)  # (B, K, 2) 0/1 columns
+    sums = torch.bmm(probs, cols)  # (B, H, 2): attention on image keys, on valid keys
+    counts = cols.sum(1).clamp_min(1)  # (B, 2)
+    mass = sums[..., 0]  # (B, H)
+    ratio = (mass / counts[:, None, 0]) / (sums[..., 1] / counts[:, None, 1]).clamp_min(TINY)
+    # Entropy of p = a / m over the image: -sum p log p = log m - (sum a log a) / m.
+    a_log_a = torch.bmm(torch.special.xlogy(probs, probs), cols[..., :1])[..., 0]  # (B, H)
+    m = mass.clamp_min(TINY)
+    entropy = torch.where(mass > 0, m.log() - a_log_a / m, 0.0)
+    return ratio, entropy
+
+
+def engaged_heads(
+    probs: torch.Tensor,
+    image_col: torch.Tensor,
+    share: torch.Tensor,
+    engaged_r: float,
+    engaged_h: float,
+    entropy: str = "raw",
+) -> torch.Tensor:
+    """``(B, H)`` bool: heads of rows ``probs`` (B, H, K) with ``R > engaged_r`` and
+    ``R > engaged_h * H``. A row sums to 1 over its valid keys, so their mean is ``1 / n_valid``
+    and ``R = mass * share`` with ``share = n_valid / n_image`` (B, 1); ``image_col`` (B, K, 1)
+    marks the image keys. ``entropy``: ``raw``, ``-sum a log a`` over the image probabilities as
+    they are (summing to the image mass, not to 1); ``renorm``, the entropy of the image part
+    renormalised, as ``row_stats``. A head with no image mass has R = 0 and nothing to boost, so
+    its entropy needs no guard."""
+    mass = torch.bmm(probs, image_col)[..., 0]  # (B, H) attention on image keys
+    ratio = mass * share  # (B, H)
+    a_log_a = torch.bmm(torch.special.xlogy(probs, probs), image_col)[..., 0]  # (B, H)
+    if entropy == "raw":
+        h = -a_log_a
+    else:
+        m = mass.clamp_min(TINY)
+        h = m.log() - a_log_a / m  # (B, H)
+    return (ratio > engaged_r) & (ratio > engaged_h * h)
+
+
+def select_heads(
+    ratio: torch.Tensor, efr: torch.Tensor, pool: torch.Tensor, visual_q: float, ratio_q: float, background_r: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(visual, background)`` bool ``(B, N)`` over the N = L * H (block, head) pairs of each
+    sample, from ``ratio`` and ``efr`` (B, N); ``pool`` (N,) marks the pairs that may be
+    background heads."""
+    low_efr = efr <= torch.quantile(efr, visual_q, dim=1, keepdim=True)
+    high_r = ratio >= torch.quantile(ratio, ratio_q, dim=1, keepdim=True)
+    visual = low_efr & high_r
+    visual = torch.where(visual.any(dim=1, keepdim=True), visual, high_r)  # fallback: R alone
+    background = (ratio < background_r) & pool[None, :]
+    return visual, background
+
+
+def background_pool(layers: list[int], heads: int, share: float | None, early: list[int]) -> torch.Tensor:
+    """``(N,)`` bool over the (block, head) pairs of ``layers`` (block-major, heads in order):
+    with ``share``, the first ``round(share * N)`` pairs; without, every head of the ``early``
+    blocks."""
+    N = len(layers) * heads
+    if share is not None:
+        return torch.arange(N) < round(share * N)
+    return torch.tensor([l in early for l in layers]).repeat_interleave(heads)
