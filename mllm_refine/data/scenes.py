@@ -11,7 +11,9 @@ to disk and the same parameters give byte-identical images.
 
 Cut-out: the background is the colour of the image's corners, the fill the most common colour far
 from it; each pixel's alpha is its projection on ``fill - background`` (this undoes the shapes'
-anti-aliasing), and the shape's box is where alpha > 0.05.
+anti-aliasing), and the shape's box is where alpha > 0.05. Each object's longer side is
+log-uniform in ``SIDE`` of the canvas, drawn from a source image whose shape needs at most
+``MAX_UPSCALE`` times its size.
 
 Prior (``prior``, default 0.7 on train, 0 on test): with probability ``prior`` an object after the
 first takes the partner colour of the scene's first object (``PARTNER``), and with probability
@@ -345,7 +347,8 @@ def scene_meta(scene: Scene) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def _rendered(scene: Scene) -> Image.Image:
+def rendered(scene: Scene) -> Image.Image:
+    """``render`` kept for the few questions of the same scene that come in a row; copy before use."""
     return render(scene)
 
 
@@ -382,7 +385,7 @@ class EasyVQAScenes(Dataset):
         return Sample(
             id=self.sample_id(index),
             question=q.text,
-            images=[_rendered(scene).copy()],
+            images=[rendered(scene).copy()],
             answers=[q.answer],
             meta={"type": answer_type(q.answer), "kind": q.kind, **target_meta(scene, q.target), **scene_meta(scene)},
         )

@@ -24,8 +24,19 @@ from torch.utils.data import Dataset
 
 from mllm_refine.data.easy_vqa import COLOURS, POPE_SUBSETS, SHAPES
 from mllm_refine.data.sample import Sample
-from mllm_refine.data.scenes import CANVAS, PRIOR, SCENES, _rendered, check_params, draw_objects, make_scene, scene_meta
-from mllm_refine.data.scenes import Scene, scene_rng, target_meta
+from mllm_refine.data.scenes import (
+    CANVAS,
+    PRIOR,
+    SCENES,
+    Scene,
+    check_params,
+    draw_objects,
+    make_scene,
+    rendered,
+    scene_meta,
+    scene_rng,
+    target_meta,
+)
 
 
 @lru_cache(maxsize=4)
@@ -107,7 +118,7 @@ class EasyVQAScenesPope(Dataset):
         return Sample(
             id=self.sample_id(index),
             question=row["question"],
-            images=[_rendered(scene).copy()],
+            images=[rendered(scene).copy()],
             answers=[row["answer"]],
             meta={
                 "type": "yes_no",
