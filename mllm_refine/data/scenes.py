@@ -353,8 +353,10 @@ def rendered(scene: Scene) -> Image.Image:
 
 
 class EasyVQAScenes(Dataset):
-    """Questions about ``n`` seeded scenes of one split (default: 8,000 train / 500 test scenes,
-    about three questions each); ``limit`` keeps the first questions."""
+    """Colour, shape and yes/no questions about seeded easy-VQA scenes (docs/scenes.md).
+
+    ``n`` scenes of ``split`` (default 8,000 train / 500 test, about three questions each);
+    ``limit`` keeps the first questions."""
 
     default_metric = "exact_match"
 
