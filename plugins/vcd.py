@@ -20,7 +20,6 @@ authors' code. ``schedule: sigmoid`` is the authors' released schedule (``beta_s
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -30,10 +29,12 @@ import torch
 from mllm_refine.components import LogitCombiner, ModelInfo, Needs
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
+from mllm_refine.engine.seeding import sample_generators
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
 
 BRANCH = "noisy"
+NOISE_STREAM = "vcd-noise"  # its own stream: never the one the sampler draws from
 
 
 def alpha_bar(steps: int, schedule: str) -> torch.Tensor:
@@ -45,11 +46,6 @@ def alpha_bar(steps: int, schedule: str) -> torch.Tensor:
     else:
         raise ValueError(f"schedule: {schedule!r} is not 'sigmoid' or 'linear'")
     return torch.cumprod(1 - betas, dim=0)
-
-
-def sample_seed(seed: int, sample_id: str) -> int:
-    digest = hashlib.sha256(f"{seed}\0{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def image_pixels(inputs: Any) -> list[torch.Tensor]:
@@ -108,7 +104,7 @@ class VCDCombiner(LogitCombiner):
         owners = [b for b, s in enumerate(samples) for _ in s.images]  # batch image -> sample
         if len(owners) != len(images):
             raise ValueError(f"vcd: {len(images)} images in the batch, {len(owners)} in the samples")
-        generators = [torch.Generator().manual_seed(sample_seed(self.seed, s.id)) for s in samples]
+        generators = sample_generators(self.seed, [s.id for s in samples], stream=NOISE_STREAM)
         noisy = [diffuse(x.cpu(), self.noise_step, self._abar, generators[b]) for x, b in zip(images, owners)]
         pixels = inputs["pixel_values"]
         out["pixel_values"] = (torch.cat(noisy) if "image_grid_thw" in inputs else torch.stack(noisy)).to(pixels.device)

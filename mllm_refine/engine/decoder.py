@@ -7,7 +7,6 @@ the parts act through the registered attention function and one logits processor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import Parts
 from mllm_refine.engine.prefill import prefill
 from mllm_refine.engine.processor import RefineProcessor
+from mllm_refine.engine.seeding import sample_generators
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.engine.stopping import StopOnStrings
 
@@ -42,12 +42,6 @@ class Prediction:
     choices: dict[str, Any] = field(default_factory=dict)
     fallbacks: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _batch_seed(seed: int, ids: list[str]) -> int:
-    """A seed fixed by the recipe seed and the batch's ids, so reruns and resumes repeat."""
-    digest = hashlib.sha256(("\0".join([str(seed), *ids])).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class Decoder:
@@ -112,10 +106,13 @@ class Decoder:
         if self.needs.branches:
             branches = check_branches(self.needs.branches)
             capture.branches = BranchRunner(self.model, self.adapter, branches, inputs, samples, capture)
-        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples), observe)
+        # Sampling: each sample draws from its own stream, so batch size and resumes never
+        # change a sampled answer.
+        generators = (
+            sample_generators(self.config.seed, [s.id for s in samples], self.model.device) if self.config.do_sample else None
+        )
+        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples), observe, generators)
         gc = self.generation_config()
-        if self.config.do_sample:
-            torch.manual_seed(_batch_seed(self.config.seed, [s.id for s in samples]))
         prompt_length = inputs["input_ids"].shape[1]
         stopping = StoppingCriteriaList()
         if self.config.stop:

@@ -42,6 +42,7 @@ class RefineProcessor(LogitsProcessor):
     A row whose combined logits hold NaN or +inf, or no finite value at all, falls back to the
     model's own logits for that step; ``fallbacks`` counts it per sample. ``observe``, when
     given, sees each step's view and the logits the step decodes from (diagnostics, read only).
+    With ``generators`` (one per sample) the processor samples the step's token itself.
     """
 
     def __init__(
@@ -52,8 +53,10 @@ class RefineProcessor(LogitsProcessor):
         config: DecodeConfig,
         batch: int,
         observe: Callable[[StepView, torch.Tensor], None] | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> None:
         self.observe = observe
+        self.generators = generators
         self.parts = parts
         self.capture = capture
         self.adapter = adapter
@@ -91,5 +94,15 @@ class RefineProcessor(LogitsProcessor):
             logits = self.post(own, logits)
         if self.observe is not None:
             self.observe(view, logits)
+        if self.generators is not None:
+            logits = self.draw(logits)
         self.capture.step += 1
         return logits
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sample each row from its own generator; the returned logits keep only the drawn token,
+        so ``generate``'s own draw has one choice. At batch 1 this is the draw ``generate`` makes
+        from a global generator seeded the same way."""
+        probs = logits.softmax(-1)  # (B, V)
+        picks = torch.cat([torch.multinomial(probs[b : b + 1], 1, generator=g) for b, g in enumerate(self.generators)])  # (B, 1)
+        return torch.full_like(logits, float("-inf")).scatter_(1, picks, 0.0)

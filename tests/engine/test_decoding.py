@@ -46,3 +46,13 @@ def test_sampling_is_seeded(llava, samples):
     assert [p.tokens for p in a] == [p.tokens for p in b]
     assert [p.tokens for p in a] != [p.tokens for p in c]
     assert [p.tokens for p in a] != [p.tokens for p in greedy]
+
+
+def test_sampled_batch_equals_single_samples(llava, samples):
+    cfg = DecodeConfig(max_new_tokens=8, do_sample=True, temperature=1.5, top_k=20, seed=3)
+    decoder = Decoder(*llava, Parts(), cfg)
+    batched = [p.tokens for p in decoder.generate(samples)]
+    single = [decoder.generate([s])[0].tokens for s in samples]
+    assert batched == single  # a sample's draws never depend on its batch
+    reordered = [p.tokens for p in decoder.generate(samples[::-1])][::-1]
+    assert reordered == batched

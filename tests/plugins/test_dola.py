@@ -16,7 +16,7 @@ from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, L
 from mllm_refine.components import ModelInfo
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
-from mllm_refine.engine.decoder import _batch_seed
+from mllm_refine.engine.seeding import sample_seed
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing.tiny_models import LLAVA_TEMPLATE, tiny_llava
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer
@@ -160,7 +160,7 @@ def test_tokens_equal_hugging_face_dola(hf_fixture, case):
     config = DecodeConfig(max_new_tokens=meta["max_new_tokens"], repetition_penalty=case["repetition_penalty"],
                           do_sample=case["do_sample"])  # fmt: skip
     decoder = Decoder(model, processor, Parts(layer_selector=selector, logit_combiner=DolaContrastCombiner()), config)
-    assert [_batch_seed(0, [s.id]) for s in samples] == case["seeds"]  # the seeds HF sampled with
+    assert [sample_seed(0, s.id) for s in samples] == case["seeds"]  # the seeds HF sampled with
     ours = [decoder.generate([s])[0] for s in samples]
     assert [p.tokens for p in ours] == case["tokens"]
     for p in ours:

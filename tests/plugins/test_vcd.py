@@ -17,7 +17,8 @@ from mllm_refine.engine.processor import post_processors
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing import TINY_RUN
 from mllm_refine.testing.tiny_models import tiny_llava, tiny_qwen2_vl
-from mllm_refine_plugins.vcd import VCDCombiner, alpha_bar, diffuse, sample_seed
+from mllm_refine.engine.seeding import sample_seed
+from mllm_refine_plugins.vcd import NOISE_STREAM, VCDCombiner, alpha_bar, diffuse
 from tests.conftest import make_samples
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -80,7 +81,7 @@ def test_noisy_branch_is_the_authors_noise_on_the_normalised_pixels():
     inputs = decoder.adapter.prepare(samples)
     noisy = vcd.noisy_inputs(inputs, samples, decoder.adapter)["pixel_values"]  # (B, C, H, W)
     for b, s in enumerate(samples):
-        g = torch.Generator().manual_seed(sample_seed(4, s.id))
+        g = torch.Generator().manual_seed(sample_seed(4, s.id, NOISE_STREAM))
         eps = torch.randn(inputs["pixel_values"][b].shape, generator=g, dtype=torch.float64).float()
         expected = authors_noise(inputs["pixel_values"][b], 500, eps)  # not clamped
         torch.testing.assert_close(noisy[b], expected, atol=1e-5, rtol=1e-5)

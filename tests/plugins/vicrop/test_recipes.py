@@ -1,5 +1,5 @@
-"""Every input-level recipe end to end on a tiny model of every family: batch 4 == 4 x batch 1
-(greedy recipes: a sampled answer depends on its batch's seed)."""
+"""Every input-level recipe end to end on a tiny model of every family: batch 4 == 4 x batch 1,
+sampled recipes too (each sample draws from its own seeded stream)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mllm_refine.testing import TINY_RUN
 from tests.conftest import make_samples
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
-NAMES = ["vicrop_rel", "vicrop_grad", "vicrop_puregrad", "contrastive_crop", "vcd_greedy", "vicrop_dualpd", "vicrop_deco"]
+NAMES = ["vicrop_rel", "vicrop_grad", "vicrop_puregrad", "contrastive_crop", "vcd", "vcd_greedy", "vicrop_dualpd", "vicrop_deco"]
 
 
 @pytest.mark.parametrize("name", NAMES)
