@@ -16,6 +16,7 @@ at the first failing sample.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,7 +40,16 @@ def cmd_run(recipe: str, overrides: list[str], output: str | None, fail_fast: bo
         score = "n/a (no reference answers)" if s.score is None else f"{s.score:.4f}"
         print(f"{s.recipe}: {s.metric} = {score}  ({s.total} samples, {s.written} decoded, {s.skipped} resumed, "
               f"{s.failed} failed, {s.fallbacks} fallback steps, {s.tokens_per_second} tokens/s) -> {s.output}")  # fmt: skip
+        print_localisation(Path(s.output) / "scores.json")
     return 3 if any(s.failed for s in summaries) else 0
+
+
+def print_localisation(scores: Path) -> None:
+    """One line per importance map the run's records carried, scored against the target boxes."""
+    located = json.loads(scores.read_text()).get("localisation", {}) if scores.is_file() else {}
+    for source, v in located.items():
+        print(f"  localisation of {source}: pointing game {v['pointing_game']:.4f} (chance {v['pointing_chance']:.4f}), "
+              f"mass in box {v['mass_in_box']:.4f} (chance {v['mass_chance']:.4f}), n={v['n']}")  # fmt: skip
 
 
 def cmd_compare(runs: list[str], baseline: list[str], output: str | None, resamples: int, seed: int) -> int:

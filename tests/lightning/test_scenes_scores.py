@@ -28,6 +28,7 @@ def test_scores_by_size_localisation_and_compare(tmp_path, capsys):
     assert {b: v["n"] for b, v in scores["by_size"].items()} == buckets
     assert list(scores["by_size"]) == [b for b in ("small", "medium", "large") if b in buckets]
     assert "localisation" not in scores  # vanilla writes no map
+    assert "localisation of meta.vicrop.map: pointing game" in capsys.readouterr().out
     located = json.loads((crop / "scores.json").read_text())["localisation"]["meta.vicrop.map"]
     assert located["n"] == sum(buckets.values()) and 0.0 <= located["pointing_game"] <= 1.0
     assert 0.0 <= located["mass_in_box"] <= 1.0 and set(located["by_size"]) == set(buckets)
