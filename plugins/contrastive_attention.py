@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, resolve_layers
+from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine_plugins.dualpd import hellinger
 
@@ -101,13 +101,14 @@ class ContrastiveAttentionMask(HeadFilter):
         if not self.S or max(self.S) >= self.k:
             raise ValueError(f"fusion: blocks {self.S} must be non-empty and before the review block {self.k}")
         self._i_star: torch.Tensor | None = None
+        self._map: list | None = None
 
     def active_layers(self) -> list[int]:
         noop = self.ratio == 0.0 or self.weight == 1.0
         return [] if noop else [self.k]
 
     def needs(self) -> Needs:
-        return Needs(attention=frozenset(self.S))
+        return Needs(attention=frozenset(self.S), image_grid=True)  # the grid: the reported map
 
     def conflicts(self, parts: Any) -> str | None:
         if sum(p.name == self.name for p in parts.components()) > 1:
@@ -125,6 +126,7 @@ class ContrastiveAttentionMask(HeadFilter):
         contrast, i_star = contrastive_map(abar, self.S, self.k)  # (B, I), (B,)
         if row.step == 0:
             self._i_star = i_star.cpu()
+            self._map = first_grid_maps(contrast, row.image_grid, row.row_end_tokens) if row.image_grid else None
         low = lowest(contrast, slots, self.ratio)  # (B, I)
         factor = torch.ones(B, K, dtype=probs.dtype, device=probs.device)
         factor.scatter_(1, index, torch.where(low, self.weight, 1.0).to(probs.dtype))  # (B, K)
@@ -133,11 +135,15 @@ class ContrastiveAttentionMask(HeadFilter):
         return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), probs)
 
     def report(self) -> dict[str, Any]:
-        """The fusion block ``i*`` chosen at the first answer token, per sample."""
+        """Per sample, at the first answer token: the fusion block ``i*`` and ``I_A`` on the
+        image grid (``map``)."""
         if self._i_star is None:
             return {}
-        i_star, self._i_star = self._i_star.tolist(), None
-        return {"i_star": i_star}
+        out = {"i_star": self._i_star.tolist()}
+        if self._map is not None:
+            out["map"] = self._map
+        self._i_star = self._map = None
+        return out
 
 
 @hookimpl

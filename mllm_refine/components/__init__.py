@@ -1,6 +1,7 @@
 """The interfaces every decoding part implements."""
 
 from mllm_refine.components.base import Component, ModelInfo, resolve_layers
+from mllm_refine.components.grid_map import first_grid_maps
 from mllm_refine.components.head_filter import AttentionRow, HeadFilter
 from mllm_refine.components.input_refiner import InputRefiner
 from mllm_refine.components.layer_selector import LayerSelector
@@ -24,5 +25,6 @@ __all__ = [
     "LogitCombiner",
     "ModelInfo",
     "Needs",
+    "first_grid_maps",
     "resolve_layers",
 ]

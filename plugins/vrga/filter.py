@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, resolve_layers
+from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
 from mllm_refine_plugins.vrga.region import (
     dilate,
     edge_mask,
@@ -160,6 +160,7 @@ class VRGAFilter(HeadFilter):
         self._report = {
             "visual_heads": [[[layers[n // H], n % H] for n in v.nonzero().flatten().tolist()] for v in visual.cpu()],
             "focus": [f.nonzero().flatten().tolist() for f in focus.cpu()],
+            "map": first_grid_maps(ref, row.image_grid, row.row_end_tokens),  # A_ref on the image grid
         }
         return keys[:, :T]
 
@@ -185,7 +186,8 @@ class VRGAFilter(HeadFilter):
         return p / p.sum(-1, keepdim=True)
 
     def report(self) -> dict[str, Any]:
-        """Per sample: the visual heads ``[block, head]`` and the focus tokens (indices among
-        the sample's image tokens, before the skip and the neighbours) of the prefill analysis."""
+        """Per sample: the visual heads ``[block, head]``, the focus tokens (indices among the
+        sample's image tokens, before the skip and the neighbours) and ``A_ref`` on the image
+        grid (``map``) of the prefill analysis."""
         out, self._report = self._report, {}
         return out

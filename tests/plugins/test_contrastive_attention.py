@@ -11,6 +11,7 @@ from mllm_refine.components import AttentionRow, HeadFilter, LogitCombiner, Mode
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.engine.parts import ConflictError
 from mllm_refine.recipes import load_recipe
+from mllm_refine.testing.choices import same_choices
 from mllm_refine_plugins.contrastive_attention import ContrastiveAttentionMask, contrastive_map, head_mean_map
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +168,27 @@ def test_recipe_end_to_end(tiny, samples):
     batched = decoder.generate(samples)
     single = [decoder.generate([s])[0] for s in samples]
     assert [p.tokens for p in batched] == [p.tokens for p in single]
-    assert [p.choices for p in batched] == [p.choices for p in single]
+    assert all(same_choices(b.choices, s.choices) for b, s in zip(batched, single, strict=True))
+    assert all(p.choices["contrastive_attention.map"] for p in batched)
     assert all(p.choices["contrastive_attention.i_star"] in decoder.parts.head_filters[0].S for p in batched)
     vanilla = _decoder(model, processor, Parts()).generate(samples)
     assert [p.tokens for p in batched] != [p.tokens for p in vanilla]
+
+
+def test_report_lays_i_a_on_the_image_grid():
+    f = ContrastiveAttentionMask(fusion=[2], review=4, ratio=0.5, weight=0.0)
+    f.setup(_info(4))
+    assert f.needs().image_grid  # the reported map needs the grid
+    index = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    slots = torch.ones(2, 4, dtype=torch.bool)
+    probs = torch.full((2, 1, 6), 1 / 6)  # (B, H=1, K): flat at block k
+    early = torch.tensor([[[0.4, 0.2, 0.2, 0.2]], [[0.1, 0.1, 0.1, 0.7]]])  # (B, H, I) at block 2
+    row = _row(6, {2: early}, index, slots)
+    row.image_grid = [[(2, 2)], [(1, 4)]]
+    f.probs(probs, row)
+    # I_A = 1/4 - Abar_2, as (rows, cols) of each sample's grid.
+    report = f.report()
+    f64 = torch.float64
+    torch.testing.assert_close(torch.tensor(report["map"][0], dtype=f64), torch.tensor([[-0.15, 0.05], [0.05, 0.05]], dtype=f64))
+    torch.testing.assert_close(torch.tensor(report["map"][1], dtype=f64), torch.tensor([[0.15, 0.15, 0.15, -0.45]], dtype=f64))
+    assert report["i_star"] == [2, 2] and f.report() == {}
