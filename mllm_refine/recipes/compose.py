@@ -108,7 +108,8 @@ def _under(origins: Origins, key: Key) -> Origins:
     return {k: v for k, v in origins.items() if k[: len(key)] == key}
 
 
-def _drop(origins: Origins, key: Key) -> None:
+def drop_origins(origins: Origins, key: Key) -> None:
+    """Forget the origins of ``key`` and of everything under it."""
     for k in list(_under(origins, key)):
         del origins[k]
 
@@ -121,12 +122,12 @@ def merge(base: Any, child: Any, origins: Origins, child_origins: Origins, key: 
         for k, v in child.items():
             out[k] = merge(base[k], v, origins, child_origins, (*key, k)) if k in base else copy.deepcopy(v)
             if k not in base:
-                _drop(origins, (*key, k))
+                drop_origins(origins, (*key, k))
                 origins.update(_under(child_origins, (*key, k)))
         if key in child_origins:
             origins[key] = child_origins[key]
         return out
-    _drop(origins, key)
+    drop_origins(origins, key)
     origins.update(_under(child_origins, key))
     return copy.deepcopy(child)
 
@@ -155,7 +156,7 @@ def resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], O
         merged = merge(merged, base, merged_origins, base_origins)
     for own in OWN_KEYS:  # a recipe's identity is its own: never inherited
         merged.pop(own, None)
-        _drop(merged_origins, (own,))
+        drop_origins(merged_origins, (own,))
     out = merge(merged, raw, merged_origins, origins)
     first = {k: out.pop(k) for k in OWN_KEYS if k in out}
     return {**first, **out}, merged_origins
@@ -172,7 +173,7 @@ def override_origins(raw: dict[str, Any], parts: list[str], text: str, origins: 
         else:
             key.append(part)
             node = node.get(part) if isinstance(node, dict) else None
-    _drop(origins, tuple(key))
+    drop_origins(origins, tuple(key))
     origins[tuple(key)] = f"override {text}"
 
 

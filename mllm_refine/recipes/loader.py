@@ -18,7 +18,7 @@ from mllm_refine.components import KINDS
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import ConflictError, Parts
 from mllm_refine.plugin_manager import get_registry
-from mllm_refine.recipes.compose import Origins, find_recipe, is_name, override_origins, resolve
+from mllm_refine.recipes.compose import Origins, drop_origins, find_recipe, is_name, origin_of, override_origins, resolve
 from mllm_refine.recipes.schema import RecipeError, build_dataclass, suggest
 
 TOP_LEVEL = {
@@ -176,9 +176,47 @@ def resolve_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
     raw = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
+        if _switches(raw, keys, value):
+            # A new name switches a block (the data, a part) as ``extends`` does: the recipe's
+            # keys of the block go; keys other overrides set stay, whatever their order.
+            block, where = _node(raw, keys[:-1]), _key(raw, keys[:-1])
+            for k in [k for k in block if not origin_of(origins, (*where, k)).startswith("override ")]:
+                del block[k]
+                drop_origins(origins, (*where, k))
         apply_override(raw, keys, value, text)
         override_origins(raw, keys, text, origins)
     return raw, origins, file
+
+
+def _node(raw: dict[str, Any], path: list[str]) -> Any:
+    """The value at dotted ``path`` (list items by number), or None where there is none."""
+    node: Any = raw
+    for part in path:
+        if isinstance(node, list):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+def _key(raw: dict[str, Any], path: list[str]) -> tuple[str | int, ...]:
+    """``path`` as an origins key (list items as ints)."""
+    key: list[str | int] = []
+    node: Any = raw
+    for part in path:
+        key.append(int(part) if isinstance(node, list) else part)
+        node = _node(node, [part]) if isinstance(node, (dict, list)) else None
+    return tuple(key)
+
+
+def _switches(raw: dict[str, Any], keys: list[str], value: Any) -> bool:
+    """``keys`` is a block's ``name`` (not the recipe's own) and ``value`` names another one."""
+    if len(keys) < 2 or keys[-1] != "name":
+        return False
+    block = _node(raw, keys[:-1])
+    return isinstance(block, dict) and block.get("name") is not None and block["name"] != value
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

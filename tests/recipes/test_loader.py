@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mllm_refine.recipes import RecipeError, load_recipe, parse_override
+from mllm_refine.recipes import RecipeError, load_recipe, parse_override, resolve_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,3 +61,21 @@ def test_python_tags_are_refused(tmp_path):
     p.write_text("name: !!python/object/apply:os.system ['echo pwned']\nmodel: {path: tiny-llava}\n")
     with pytest.raises(RecipeError, match="evil.yaml:1: not a valid recipe YAML"):
         load_recipe(p)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_a_new_data_name_replaces_the_data_block(order, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    overrides = ["data.name=manifest", f"data.path={manifest}"]
+    raw, origins, _ = resolve_recipe("dualpd", overrides[::-1] if order else overrides)
+    assert raw["data"] == {"name": "manifest", "path": str(manifest)}  # easy_vqa's split is gone
+    assert ("data", "split") not in origins and origins[("data", "name")] == "override data.name=manifest"
+
+
+def test_a_new_part_name_replaces_the_part_and_the_same_name_keeps_it():
+    raw, _, _ = resolve_recipe("dualpd", ["layer_selector.name=dola_jsd"])
+    assert raw["layer_selector"] == {"name": "dola_jsd"}  # hellinger_shift's keys are not dola_jsd's
+    assert load_recipe("dualpd", ["layer_selector.name=dola_jsd"]).parts.layer_selector.name == "dola_jsd"
+    raw, _, _ = resolve_recipe("dualpd", ["data.name=easy_vqa", "data.limit=4"])
+    assert raw["data"] == {"name": "easy_vqa", "split": "test", "limit": 4}
