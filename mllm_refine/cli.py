@@ -4,6 +4,7 @@
   mllm-refine compare RUN_DIR ... [--baseline DIR]        score table with bootstrap CIs
   mllm-refine inspect RECIPE --image P --question Q       plots and a page of what the model sees
   mllm-refine plugins                                     list every registered part
+  mllm-refine recipe list                                 every recipe reachable by name
   mllm-refine recipe show RECIPE [key=value ...]          print the resolved recipe, with origins
   mllm-refine recipe reference [--output FILE]            every component's parameters as Markdown
 
@@ -64,7 +65,7 @@ def cmd_compare(runs: list[str], baseline: list[str], output: str | None, resamp
 
 
 def cmd_plugins() -> int:
-    """List every registered component, adapter, dataset, model and metric."""
+    """List every registered component, adapter, dataset, model, metric and recipe."""
     from mllm_refine.plugin_manager import get_registry
 
     entries = sorted(get_registry().all(), key=lambda e: (e.kind, e.name))
@@ -77,6 +78,30 @@ def cmd_plugins() -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
     return 0
+
+
+def cmd_recipe_list() -> int:
+    """List every recipe reachable by name: name, the plugin that registered it, its first line."""
+    from mllm_refine.plugin_manager import get_registry
+
+    rows = [("NAME", "PLUGIN", "SUMMARY")]
+    for e in sorted(get_registry().entries.get("recipe", {}).values(), key=lambda e: e.name):
+        rows.append((e.name, e.plugin, _recipe_summary(Path(e.obj))))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:2], widths)) + "  " + r[2])
+    return 0
+
+
+def _recipe_summary(path: Path) -> str:
+    """A recipe file's first comment line (without ``#``), or its file name."""
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                return line.strip().lstrip("#").strip() if line.lstrip().startswith("#") else path.name
+    except OSError:
+        pass
+    return path.name
 
 
 def cmd_recipe_show(recipe: str, overrides: list[str]) -> int:
@@ -159,6 +184,7 @@ def parser() -> argparse.ArgumentParser:
                      help="let a checkpoint run its own code; the recipe must also set model.trust_remote_code: true")  # fmt: skip
     recipe = sub.add_parser("recipe", help="recipe tools")
     rsub = recipe.add_subparsers(dest="recipe_command", required=True)
+    rsub.add_parser("list", help=cmd_recipe_list.__doc__, description=cmd_recipe_list.__doc__)
     show = rsub.add_parser("show", help=cmd_recipe_show.__doc__, description=cmd_recipe_show.__doc__)
     show.add_argument("recipe", help="recipe YAML file or recipe name")
     show.add_argument("overrides", nargs="*", metavar="key=value")
@@ -193,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                                args.output, args.all_tokens, args.threads)  # fmt: skip
         if args.command == "plugins":
             return cmd_plugins()
+        if args.recipe_command == "list":
+            if extra:
+                p.error(f"unrecognized arguments: {' '.join(extra)}")
+            return cmd_recipe_list()
         if args.recipe_command == "reference":
             if extra:
                 p.error(f"unrecognized arguments: {' '.join(extra)}")

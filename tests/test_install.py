@@ -33,3 +33,27 @@ def test_pip_install_lists_dualpd(tmp_path):
     listing = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert listing.returncode == 0, listing.stderr
     assert "hellinger_shift" in listing.stdout and "head_norm_filter" in listing.stdout
+    assert (target / "mllm_refine_recipes" / "dualpd.yaml").is_file() and not (target / "recipes").exists()
+    assert "mllm_refine_recipes/dualpd.yaml" in listing.stdout  # `plugins` lists the shipped recipes
+
+
+def test_installed_recipes_resolve_by_name_outside_the_checkout(tmp_path):
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "--target", str(target), str(ROOT)],
+        capture_output=True, text=True, env={**os.environ, "PIP_NO_CACHE_DIR": "1"},
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import mllm_refine.cli as c; from mllm_refine.recipes import load_recipe;"
+        "r = load_recipe('vcd_greedy');"  # by name, through `extends: vcd`
+        "assert r.parts.logit_combiner.name == 'vcd' and not r.decode.do_sample;"
+        "sys.exit(c.main(['recipe', 'list']) or c.main(['recipe', 'show', 'dualpd']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLLM_REFINE_PLUGINS", "MLLM_REFINE_BLOCK_PLUGINS")}
+    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "vcd_greedy" in out.stdout and "hellinger_shift" in out.stdout
+    assert "# site/mllm_refine_recipes/dualpd.yaml:" in out.stdout  # origins: the installed file

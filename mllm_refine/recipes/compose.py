@@ -9,8 +9,8 @@ Merge rule (a child recipe over the recipes it extends, in order):
 - ``name`` and ``description`` are never inherited (a run is named after its own recipe).
 
 ``extends`` is one reference or a list of them. A reference with a ``/`` or a ``.yaml``/``.yml``
-suffix is a path relative to the extending file; a bare word is a recipe name: one shipped in the
-project's ``recipes/`` folder or one a plugin registered (``register_recipes``).
+suffix is a path relative to the extending file; a bare word is a recipe name: one registered
+through ``register_recipes``, by mllm-refine (its ``recipes/`` folder) or by a plugin.
 """
 
 from __future__ import annotations
@@ -30,25 +30,12 @@ EXTENDS = "extends"
 OWN_KEYS = ("name", "description")
 
 
-def shipped_recipes_dir() -> Path:
-    """The project's ``recipes/`` folder (present in a source checkout or editable install)."""
-    return Path(__file__).resolve().parents[2] / "recipes"
-
-
 def recipe_names() -> dict[str, Path]:
-    """Every recipe reachable by bare name: shipped ones and those plugins registered."""
+    """Every recipe reachable by bare name: those registered through ``register_recipes``, the
+    shipped ones (``mllm_refine_recipes``) included."""
     from mllm_refine.plugin_manager import get_registry
 
-    shipped = {p.stem: p for p in sorted(shipped_recipes_dir().glob("*.yaml"))}
-    registered = {e.name: e.obj for e in get_registry().entries.get("recipe", {}).values()}
-    for name in shipped.keys() & registered.keys():
-        entry = get_registry().get("recipe", name)
-        if Path(entry.obj).resolve() != shipped[name].resolve():
-            raise RecipeError(
-                f"recipe name {name!r} is ambiguous: shipped {shipped[name]} and registered by plugin "
-                f"{entry.plugin!r} ({entry.distribution}) as {entry.obj}"
-            )
-    return {**shipped, **registered}
+    return {e.name: Path(e.obj) for e in get_registry().entries.get("recipe", {}).values()}
 
 
 def is_name(ref: str) -> bool:
