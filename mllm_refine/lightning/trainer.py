@@ -17,7 +17,8 @@ _DEVICE_TO_ACCELERATOR = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}
 @dataclass
 class TrainerConfig:
     """Lightning ``Trainer`` settings of a run; ``num_workers`` is DataLoader processes per rank
-    and ``enable_progress_bar: null`` shows the bar only on a terminal."""
+    and ``enable_progress_bar: null`` shows the bar only on a terminal; elsewhere (a log file, a
+    pipe) a progress line is written every ``progress_every`` seconds (0: none)."""
 
     accelerator: str | None = None  # default: from model.device, else "auto"
     devices: int | str | list[int] = 1
@@ -26,6 +27,7 @@ class TrainerConfig:
     precision: str | int | None = None
     num_workers: int = 0
     enable_progress_bar: bool | None = None
+    progress_every: float = 30.0  # seconds between progress lines when there is no bar
 
 
 def trainer_config(raw: dict[str, Any], source: str) -> TrainerConfig:
@@ -36,8 +38,8 @@ def trainer_config(raw: dict[str, Any], source: str) -> TrainerConfig:
     if cfg.accelerator is None:
         device = str((raw.get("model") or {}).get("device") or "")
         cfg.accelerator = _DEVICE_TO_ACCELERATOR.get(device.split(":")[0], "auto")
-    if cfg.num_nodes < 1 or cfg.num_workers < 0:
-        raise RecipeError(f"{source}: trainer: num_nodes must be >= 1 and num_workers >= 0")
+    if cfg.num_nodes < 1 or cfg.num_workers < 0 or cfg.progress_every < 0:
+        raise RecipeError(f"{source}: trainer: num_nodes must be >= 1, num_workers and progress_every >= 0")
     return cfg
 
 
@@ -54,16 +56,17 @@ def quiet_lightning() -> None:
 def make_trainer(cfg: TrainerConfig, output: Path, callbacks: list[Any]) -> Any:
     import lightning.pytorch as pl
 
-    from mllm_refine.lightning.progress import SampleProgressBar
+    from mllm_refine.lightning.progress import ProgressLog, SampleProgressBar
 
     bar = sys.stderr.isatty() if cfg.enable_progress_bar is None else cfg.enable_progress_bar
+    log = [ProgressLog(cfg.progress_every)] if not bar and cfg.progress_every > 0 else []
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
-        callbacks=[*callbacks, *([SampleProgressBar()] if bar else [])],
+        callbacks=[*callbacks, *([SampleProgressBar()] if bar else []), *log],
         enable_progress_bar=bar,
         logger=False,
         enable_checkpointing=False,
