@@ -37,6 +37,7 @@ class Run:
     metric: str
     vanilla: bool
     records: dict[str, dict[str, Any]]
+    model: str = ""  # the recipe's model.path (and dtype)
 
     @property
     def benchmark(self) -> str:
@@ -63,7 +64,14 @@ def load_run(folder: str | Path) -> Run:
     scores = path / "scores.json"
     metric = json.loads(scores.read_text())["metric"] if scores.is_file() else str(raw.get("metric") or "exact_match")
     vanilla = not any(raw.get(k) for k in PART_KEYS)
-    return Run(path, str(raw.get("name") or path.name), dict(raw.get("data") or {}), metric, vanilla, records)
+    model = raw.get("model") or {}
+    model_text = f"{model.get('path', '?')}" + (f" ({model['dtype']})" if model.get("dtype") else "")
+    return Run(path, str(raw.get("name") or path.name), dict(raw.get("data") or {}), metric, vanilla, records, model_text)
+
+
+def _flow(mapping: dict[str, Any]) -> str:
+    """A mapping as one line of YAML flow style, for a table cell."""
+    return ", ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in mapping.items())
 
 
 def _metric(name: str) -> Any:
@@ -159,6 +167,9 @@ def table(runs: list[Run], baselines: list[Run], resamples: int = 1000, seed: in
             cells[(row_of[id(r)], key)] = text
         metric = group[0].metric
         notes.append(f"- {labels[key]}: {metric}; baseline {'none' if b is None else f'{b.name} ({b.path})'}")
+        models = sorted({r.model for r in group})
+        if len(models) > 1:
+            notes.append(f"- {labels[key]}: the runs use {len(models)} models ({'; '.join(models)}): deltas compare models too")
     header = "| recipe | " + " | ".join(f"{labels[k]} ({benches[k][0].metric})" for k in benches) + " |"
     lines = [header, "|---" * (len(benches) + 1) + "|"]
     for row in rows:
@@ -167,6 +178,8 @@ def table(runs: list[Run], baselines: list[Run], resamples: int = 1000, seed: in
     lines += ["", f"Scores in percent; deltas to the baseline with a {method}.", *notes]
     for key, group in benches.items():
         lines += size_table(group, base.get(key), labels[key], row_of, resamples, seed)
+    lines += ["", "Runs:", "", "| folder | recipe | model | data |", "|---|---|---|---|"]
+    lines += [f"| {r.path} | {r.name} | {r.model} | {_flow(r.data)} |" for r in runs]
     return "\n".join(lines) + "\n"
 
 

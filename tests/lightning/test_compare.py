@@ -81,3 +81,17 @@ def test_paired_bootstrap_of_a_ratio_metric():
     same = e.sample_stats(["x"] * 5, [["x"]] * 5)
     assert paired_bootstrap(e, same, same, 50) == (0.0, 0.0, 0.0)
     assert torch.equal(same.sum(0), torch.tensor([5.0, 5.0], dtype=torch.float64))
+
+
+def test_compare_lists_each_runs_model_and_data_and_flags_mixed_models(tmp_path, capsys):
+    answers = ["yes", "no"] * 2
+    base = _run(tmp_path / "vanilla", "vanilla", answers, answers, parts=False)
+    other = _run(tmp_path / "a", "dualpd", answers, answers, parts=True)
+    recipe = yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())
+    recipe["model"] = {"path": "/ckpts/llava-1.5-7b-hf", "dtype": "bfloat16"}
+    (tmp_path / "a" / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["compare", base, other, "-o", str(tmp_path / "cmp.md")]) == 0
+    printed = capsys.readouterr().out
+    assert f"| {base} | vanilla | tiny-llava | n: 4, name: shapes |" in printed
+    assert f"| {other} | dualpd | /ckpts/llava-1.5-7b-hf (bfloat16) | n: 4, name: shapes |" in printed
+    assert "the runs use 2 models" in printed  # a delta across models is not a method's effect
