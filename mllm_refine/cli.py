@@ -196,13 +196,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args, extra = p.parse_known_args(argv)  # --help exits here, before anything heavy is imported
     from mllm_refine.data.manifest import SampleError
     from mllm_refine.models import ModelLoadError, allow_remote_code
     from mllm_refine.plugin_manager import PluginError
     from mllm_refine.recipes import RecipeError
 
-    p = parser()
-    args, extra = p.parse_known_args(argv)
     # Overrides may come after options (`run R --output D a.b=1`); anything else is a usage error.
     unknown = [a for a in extra if "=" not in a or a.startswith("-")]
     if unknown or (extra and args.command in ("plugins", "compare")):

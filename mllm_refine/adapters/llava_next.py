@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
 from mllm_refine.adapters.base import ModelAdapter
 
@@ -34,6 +33,9 @@ class LlavaNextAdapter(ModelAdapter):
     row_end_tokens = (0, 1)
 
     def grids_of_images(self, inputs: Mapping[str, torch.Tensor]) -> list[list[tuple[int, int]]]:
+        # Imported here: the modeling module takes seconds to import, and listing plugins must not.
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
         config = self.model.config
         if config.vision_feature_select_strategy != "default":
             raise ValueError("image_grid: only the 'default' vision_feature_select_strategy (no CLS) has a pure grid")
