@@ -31,7 +31,8 @@ from transformers import (
 
 from mllm_refine.data.sample import Sample
 from mllm_refine.testing.tiny_models import LLAVA_TEMPLATE
-from mllm_refine.testing.tiny_qwen import QWEN_SPECIALS, QWEN_TEMPLATE, _image_only
+from mllm_refine.processors import image_only_class
+from mllm_refine.testing.tiny_qwen import QWEN_SPECIALS, QWEN_TEMPLATE
 from mllm_refine.testing.tiny_tokenizer import WORDS, tiny_tokenizer
 
 # Wide enough logit gaps that sdpa and eager attention pick the same greedy tokens in fp32.
@@ -163,7 +164,7 @@ def _qwen2_vl(shape: Shape, dtype: torch.dtype, seed: int) -> tuple[Any, Any]:
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2, temporal_patch_size=2
     )
-    processor = _image_only(Qwen2VLProcessor)(image_processor, tok, chat_template=QWEN_TEMPLATE)
+    processor = image_only_class(Qwen2VLProcessor)(image_processor, tok, chat_template=QWEN_TEMPLATE)
     return _finish(model, tok, dtype), processor
 
 

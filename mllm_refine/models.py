@@ -90,14 +90,28 @@ def load_model(
         model, processor = models[path].obj(dtype=torch_dtype)
         return model.to(device).eval(), processor
     check_model_path(path)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from mllm_refine.processors import load_processor
 
     try:
+        # The processor first: it is cheap, and a folder it cannot be built from fails before the weights load.
+        processor = load_processor(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code
         )
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"model.path: cannot load {path!r}: {first}") from e
+    except (ImportError, OSError, ValueError, TypeError) as e:  # ImportError: a backend a part needs is missing
+        raise ModelLoadError(f"model.path: cannot load {path!r}: {_first_line(e)}") from e
     return model.to(device).eval(), processor
+
+
+def _first_line(e: BaseException) -> str:
+    """The error's first line; for a missing backend, its first sentence (transformers goes on
+    over several lines of install instructions, breaking the first one mid-sentence)."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    first = text.splitlines()[0]
+    if isinstance(e, ImportError) and ". " in first:
+        first = first.split(". ", 1)[0]
+    return first

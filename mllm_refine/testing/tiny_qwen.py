@@ -23,6 +23,7 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
+from mllm_refine.processors import image_only_class
 from mllm_refine.testing.tiny_common import INIT_RANGE, text_config
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer
 
@@ -37,18 +38,6 @@ QWEN_TEMPLATE = (
 )
 
 PATCH, MERGE = 8, 2
-
-
-def _image_only(processor_class: type) -> type:
-    """``processor_class`` without its video processor, which needs torchvision (absent here)."""
-
-    class ImageOnly(processor_class):
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None):
-            # ProcessorMixin takes its sub-processors from this signature: image and tokenizer only.
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
-    return ImageOnly
 
 
 def _qwen(
@@ -75,7 +64,8 @@ def _qwen(
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=16 * 16, max_pixels=64 * 64, patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2
     )
-    processor = _image_only(processor_class)(image_processor, tok, chat_template=QWEN_TEMPLATE)
+    # Without the video processor, which needs torchvision; images and text need only these two.
+    processor = image_only_class(processor_class)(image_processor, tok, chat_template=QWEN_TEMPLATE)
     return model, processor
 
 
