@@ -7,17 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_pip_install_lists_dualpd(tmp_path):
-    target = tmp_path / "site"
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    """The project installed with plain ``pip install`` (not editable) into a folder of its own."""
+    target = tmp_path_factory.mktemp("install") / "site"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "--target", str(target), str(ROOT)],
         capture_output=True, text=True, env={**os.environ, "PIP_NO_CACHE_DIR": "1"},
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
+    return target
+
+
+def test_pip_install_lists_dualpd(target, tmp_path):
     assert (target / "mllm_refine_plugins" / "dualpd.py").is_file()
     assert not (target / "plugins").exists()  # no bare top-level `plugins` package
     assert (target / "mllm_refine" / "embedded" / "assets" / "vision.safetensors").is_file()
@@ -37,14 +45,7 @@ def test_pip_install_lists_dualpd(tmp_path):
     assert "mllm_refine_recipes/dualpd.yaml" in listing.stdout  # `plugins` lists the shipped recipes
 
 
-def test_installed_recipes_resolve_by_name_outside_the_checkout(tmp_path):
-    target = tmp_path / "site"
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(target), str(ROOT)],
-        capture_output=True, text=True, env={**os.environ, "PIP_NO_CACHE_DIR": "1"},
-    )  # fmt: skip
-    assert build.returncode == 0, build.stderr
+def test_installed_recipes_resolve_by_name_outside_the_checkout(target, tmp_path):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import mllm_refine.cli as c; from mllm_refine.recipes import load_recipe;"
@@ -56,4 +57,4 @@ def test_installed_recipes_resolve_by_name_outside_the_checkout(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert "vcd_greedy" in out.stdout and "hellinger_shift" in out.stdout
-    assert "# site/mllm_refine_recipes/dualpd.yaml:" in out.stdout  # origins: the installed file
+    assert f"# {target}/mllm_refine_recipes/dualpd.yaml:" in out.stdout  # origins: the installed file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -47,8 +48,6 @@ class ProgressLog(pl.Callback):
     rank 0's samples done of its share, samples/s and the time left, and one at the end."""
 
     def __init__(self, every: float = 30.0, clock: Any = None, stream: Any = None) -> None:
-        import time
-
         self.every = every
         self.clock = clock or time.monotonic
         self.stream = stream
