@@ -152,10 +152,13 @@ class ModelAdapter:
         return input_ids.shape[1] - 1 - torch.tensor(after, dtype=torch.long, device=input_ids.device)
 
     def prepare(self, samples: list[Sample]) -> BatchFeature:
-        """Model inputs for a batch, left padded."""
-        self.tokenizer.padding_side = "left"
+        """Model inputs for a batch, left padded (the tokenizer's own side is restored after)."""
         texts = [self.prompt(s) for s in samples]
         images = [list(s.images) for s in samples]
-        if not any(images):
-            return self.processor(text=texts, return_tensors="pt", padding=True)
-        return self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
+        try:
+            if not any(images):
+                return self.processor(text=texts, return_tensors="pt", padding=True)
+            return self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        finally:
+            self.tokenizer.padding_side = side

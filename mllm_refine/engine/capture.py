@@ -8,7 +8,7 @@ the residual stream at the last position of the requested layers, ``(B, D)`` eac
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -95,9 +95,18 @@ AttentionInterface.register(ATTENTION_NAME, refine_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-def use_refine_attention(adapter: ModelAdapter) -> None:
-    """Route the language model's attention through ``refine_attention`` (plain sdpa when idle)."""
-    adapter.text_config._attn_implementation = ATTENTION_NAME
+@contextmanager
+def refine_attention_on(adapter: ModelAdapter) -> Iterator[None]:
+    """Route the language model's attention through ``refine_attention`` (plain sdpa when idle)
+    while the block runs; the model's own implementation is restored after it, so a model the
+    caller loaded is left as it was."""
+    config = adapter.text_config
+    before = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def _row_key_mask(attention_mask: torch.Tensor | None, batch: int, keys: int, device: torch.device) -> torch.Tensor:
@@ -273,7 +282,9 @@ class Capture:
         needs = self.needs
         layers = sorted(set(self.filters) | needs.attention | needs.prefill_rows | needs.scores | set(self._question_backs))
         handles = []
+        stack = ExitStack()
         try:
+            stack.enter_context(refine_attention_on(adapter))
             for layer in layers:
                 setattr(adapter.attention_module(layer), _CAPTURE_ATTR, self)
             for layer in sorted(self.needs.hidden):
@@ -290,6 +301,7 @@ class Capture:
                     )
             yield self
         finally:
+            stack.close()
             for handle in handles:
                 handle.remove()
             for layer in layers:

@@ -17,8 +17,9 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from mllm_refine.adapters import adapter_for
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.branches import BranchRunner, check_branches
-from mllm_refine.engine.capture import Capture, use_refine_attention
+from mllm_refine.engine.capture import Capture
 from mllm_refine.engine.config import DecodeConfig
+from mllm_refine.engine.forcing import TeacherForcing
 from mllm_refine.engine.parts import Parts
 from mllm_refine.engine.prefill import prefill
 from mllm_refine.engine.processor import RefineProcessor
@@ -34,6 +35,9 @@ _NEUTRAL_SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, eps
 
 @dataclass
 class Prediction:
+    """One answer: its text, tokens and what each part chose (``choices``, per answer token where
+    a part decides per step)."""
+
     id: str
     question: str
     prediction: str
@@ -42,6 +46,11 @@ class Prediction:
     choices: dict[str, Any] = field(default_factory=dict)
     fallbacks: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The answer text (``prediction``)."""
+        return self.prediction
 
 
 class Decoder:
@@ -57,7 +66,6 @@ class Decoder:
         self.adapter = adapter_for(model, processor)
         self.tokenizer = self.adapter.tokenizer
         self.needs = self.parts.setup(self.adapter.info())
-        use_refine_attention(self.adapter)
 
     def generation_config(self) -> GenerationConfig:
         tok, gen = self.tokenizer, self.model.generation_config
@@ -96,6 +104,39 @@ class Decoder:
     ) -> list[Prediction]:
         """Answer a batch; one prediction per sample, in order. ``observe(view, logits)`` is called
         at every step of the answer pass (see ``RefineProcessor``)."""
+        samples, new, processor, gc = self._run(samples, observe)
+        reports = {p.name: p.report() for p in self.parts.components()}
+        return [self._prediction(b, s, new[b], processor, reports, gc) for b, s in enumerate(samples)]
+
+    @torch.no_grad()
+    def loglikelihood(self, samples: list[Sample], continuations: list[str]) -> list[tuple[float, bool]]:
+        """Per sample, the summed log-probability of ``continuations[b]`` (the answer text that
+        follows the prompt) under the refined logits, teacher-forced through the same parts, and
+        whether greedy decoding would produce it. Sampling settings do not apply."""
+        tokens = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        for sample, t in zip(samples, tokens, strict=True):
+            if not t:
+                raise ValueError(f"sample {sample.id!r}: the continuation is empty")
+        base = self.config
+        self.config = dataclasses.replace(base, do_sample=False, stop=[], max_new_tokens=max(len(t) for t in tokens))
+        try:
+            eos = sorted(self._eos_ids(self.generation_config()))
+            force = TeacherForcing(tokens, fill=eos[0] if eos else tokens[0][0], device=self.model.device)
+            self._run(samples, None, force)
+        finally:
+            self.config = base
+        for p in self.parts.components():
+            p.report()  # per-request state ends with the request
+        return force.results()
+
+    def _run(
+        self,
+        samples: list[Sample],
+        observe: Callable[[StepView, torch.Tensor], None] | None,
+        force: TeacherForcing | None = None,
+    ) -> tuple[list[Sample], list[list[int]], RefineProcessor, GenerationConfig]:
+        """One ``generate`` over the batch with the parts installed: (the samples after the input
+        refiners, each row's new tokens, the step processor, the generation config)."""
         for refiner in self.parts.input_refiners:
             samples = refiner.refine(samples, self)
         inputs = self.adapter.prepare(samples).to(self.model.device)
@@ -111,7 +152,7 @@ class Decoder:
         generators = (
             sample_generators(self.config.seed, [s.id for s in samples], self.model.device) if self.config.do_sample else None
         )
-        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples), observe, generators)
+        processor = RefineProcessor(self.parts, capture, self.adapter, self.config, len(samples), observe, generators, force)
         gc = self.generation_config()
         prompt_length = inputs["input_ids"].shape[1]
         stopping = StoppingCriteriaList()
@@ -124,9 +165,7 @@ class Decoder:
                 logits_processor=LogitsProcessorList([processor]),
                 stopping_criteria=stopping,
             )
-        new = out[:, prompt_length:].tolist()  # (B, N)
-        reports = {p.name: p.report() for p in self.parts.components()}
-        return [self._prediction(b, s, new[b], processor, reports, gc) for b, s in enumerate(samples)]
+        return samples, out[:, prompt_length:].tolist(), processor, gc  # new tokens: (B, N)
 
     def _prediction(
         self, b: int, sample: Sample, tokens: list[int], processor: RefineProcessor, reports: dict, gc: GenerationConfig

@@ -21,7 +21,7 @@ from torch import nn
 
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.data.sample import Sample
-from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, row_output, row_scores, use_refine_attention
+from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, refine_attention_on, row_output, row_scores
 
 
 def forward_kwargs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -79,14 +79,14 @@ class RowProbe:
 
     @contextmanager
     def installed(self) -> Iterator["RowProbe"]:
-        use_refine_attention(self.adapter)
         modules = [self.adapter.attention_module(layer) for layer in self.layers]
         if any(getattr(m, _CAPTURE_ATTR, None) is not None for m in modules):
             raise RuntimeError("RowProbe: another capture is installed on these blocks")
         try:
-            for m in modules:
-                setattr(m, _CAPTURE_ATTR, self)
-            yield self
+            with refine_attention_on(self.adapter):
+                for m in modules:
+                    setattr(m, _CAPTURE_ATTR, self)
+                yield self
         finally:
             for m in modules:
                 if getattr(m, _CAPTURE_ATTR, None) is self:

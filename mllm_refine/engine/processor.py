@@ -17,6 +17,7 @@ from transformers import (
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.engine.capture import Capture
 from mllm_refine.engine.config import DecodeConfig
+from mllm_refine.engine.forcing import TeacherForcing
 from mllm_refine.engine.parts import Parts
 from mllm_refine.engine.step_view import StepView
 
@@ -42,7 +43,8 @@ class RefineProcessor(LogitsProcessor):
     A row whose combined logits hold NaN or +inf, or no finite value at all, falls back to the
     model's own logits for that step; ``fallbacks`` counts it per sample. ``observe``, when
     given, sees each step's view and the logits the step decodes from (diagnostics, read only).
-    With ``generators`` (one per sample) the processor samples the step's token itself.
+    With ``generators`` (one per sample) the processor samples the step's token itself; with
+    ``force`` each row takes its given continuation's token instead (``TeacherForcing``).
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class RefineProcessor(LogitsProcessor):
         batch: int,
         observe: Callable[[StepView, torch.Tensor], None] | None = None,
         generators: list[torch.Generator] | None = None,
+        force: TeacherForcing | None = None,
     ) -> None:
         self.observe = observe
+        self.force = force
         self.generators = generators
         self.parts = parts
         self.capture = capture
@@ -94,7 +98,9 @@ class RefineProcessor(LogitsProcessor):
             logits = self.post(own, logits)
         if self.observe is not None:
             self.observe(view, logits)
-        if self.generators is not None:
+        if self.force is not None:
+            logits = self.force(self.capture.step, logits)
+        elif self.generators is not None:
             logits = self.draw(logits)
         self.capture.step += 1
         return logits

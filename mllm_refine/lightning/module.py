@@ -10,14 +10,13 @@ import lightning.pytorch as pl
 import torch
 
 from mllm_refine.adapters import adapter_for
-from mllm_refine.components import ModelInfo
 from mllm_refine.data.manifest import SampleError
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.decoder import Decoder
 from mllm_refine.lightning.data import Unreadable
 from mllm_refine.models import load_model
+from mllm_refine.recipes.binding import setup_parts
 from mllm_refine.recipes.loader import Recipe
-from mllm_refine.recipes.schema import RecipeError
 
 
 def error_line(sample_id: str, error: BaseException) -> str:
@@ -29,25 +28,6 @@ def error_line(sample_id: str, error: BaseException) -> str:
 
 def error_record(sample_id: str, question: str | None, error: BaseException, recipe: str) -> dict[str, Any]:
     return {"id": sample_id, "question": question, "prediction": None, "recipe": recipe, "error": error_line(sample_id, error)}
-
-
-def setup_parts(recipe: Recipe, info: ModelInfo) -> None:
-    """Bind each part to the loaded model, so a setting that does not fit it (a layer outside the
-    model, a ratio outside 0..1) is one ``RecipeError`` naming the recipe file and the key."""
-    p = recipe.parts
-    keyed = [
-        ("layer_selector", p.layer_selector),
-        *((f"head_filters[{i}]", f) for i, f in enumerate(p.head_filters)),
-        ("logit_combiner", p.logit_combiner),
-        *((f"input_refiners[{i}]", r) for i, r in enumerate(p.input_refiners)),
-    ]
-    for key, part in keyed:
-        if part is None:
-            continue
-        try:
-            part.setup(info)
-        except ValueError as e:
-            raise RecipeError(f"{recipe.source}: {key}.{e}") from e
 
 
 def context_limit(model: Any) -> int | None:

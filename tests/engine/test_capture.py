@@ -69,7 +69,8 @@ def test_probes_hold_only_declared_slices(llava, samples):
             assert a.shape == (B, H, I)  # never (B, H, T, T)
         for h in step["hidden"].values():
             assert h.shape == (B, D)
-    assert model.config.text_config._attn_implementation == "mllm_refine"
+    # The rows came through refine_attention; after the request the model's own sdpa is back.
+    assert model.config.text_config._attn_implementation == "sdpa"
     assert not model.config.text_config.output_attentions
 
 
