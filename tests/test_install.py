@@ -30,6 +30,7 @@ def test_pip_install_lists_dualpd(target, tmp_path):
     assert not (target / "plugins").exists()  # no bare top-level `plugins` package
     assert (target / "mllm_refine" / "embedded" / "assets" / "vision.safetensors").is_file()
     assert (target / "mllm_refine_plugins" / "vicrop" / "box.py").is_file()
+    assert (target / "mllm_refine" / "integrations" / "lmms_eval.py").is_file()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import mllm_refine_plugins, mllm_refine.cli as c;"
