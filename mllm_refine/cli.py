@@ -26,7 +26,10 @@ import yaml
 from mllm_refine import __version__
 
 
-def cmd_run(recipe: str, overrides: list[str], output: str | None, fail_fast: bool, threads: int) -> int:
+def cmd_run(
+    recipe: str, overrides: list[str], output: str | None, fail_fast: bool, threads: int, restart: bool = False,
+    retry_failed: bool = False,
+) -> int:
     """Run RECIPE over its data (each stack of a sweep into its own folder); write
     predictions.jsonl, scores.json, summary.json and recipe.yaml."""
     import torch
@@ -36,7 +39,8 @@ def cmd_run(recipe: str, overrides: list[str], output: str | None, fail_fast: bo
 
     torch.set_num_threads(threads)
     r = load_recipe(recipe, overrides)
-    summaries = run_sweep(r, output, fail_fast=fail_fast, log=lambda m: print(m, file=sys.stderr))
+    summaries = run_sweep(r, output, fail_fast=fail_fast, log=lambda m: print(m, file=sys.stderr),
+                          restart=restart, retry_failed=retry_failed)  # fmt: skip
     for s in summaries:  # empty on ranks other than 0
         score = "n/a (no reference answers)" if s.score is None else f"{s.score:.4f}"
         print(f"{s.recipe}: {s.metric} = {score}  ({s.total} samples, {s.written} decoded, {s.skipped} resumed, "
@@ -149,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mllm-refine",
         description=__doc__.split("\n\n")[0],
-        epilog="Exit codes: 0 ok; 1 cannot write records; 2 bad recipe/model/usage; 3 some samples failed.",
+        epilog="Exit codes: 0 ok; 1 cannot write records; 2 bad recipe/model/data/usage or a busy or mismatched "
+        "run folder; 3 some samples failed; 130 stopped by SIGINT, 143 by SIGTERM (rerun to resume).",
     )
     p.add_argument("--version", action="version", version=f"mllm-refine {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(overrides=[])
     run.add_argument("--output", "-o", help="run folder (default: runs/<recipe name>); a rerun resumes")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample")
+    run.add_argument("--restart", action="store_true",
+                     help="keep a previous run of the output folder aside (<output>.old-N) and start afresh")  # fmt: skip
+    run.add_argument("--retry-failed", action="store_true", help="decode again the samples whose records are errors")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     run.add_argument("--trust-remote-code", action="store_true",
                      help="let a checkpoint run its own code; the recipe must also set model.trust_remote_code: true")  # fmt: skip
@@ -198,36 +206,39 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, extra = p.parse_known_args(argv)  # --help exits here, before anything heavy is imported
-    from mllm_refine.data.manifest import SampleError
-    from mllm_refine.models import ModelLoadError, allow_remote_code
-    from mllm_refine.plugin_manager import PluginError
-    from mllm_refine.recipes import RecipeError
+    from mllm_refine.models import allow_remote_code
 
     # Overrides may come after options (`run R --output D a.b=1`); anything else is a usage error.
     unknown = [a for a in extra if "=" not in a or a.startswith("-")]
     if unknown or (extra and args.command in ("plugins", "compare")):
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra and getattr(args, "recipe_command", None) in ("list", "reference"):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
     allow_remote_code(getattr(args, "trust_remote_code", False))
     try:
-        if args.command == "run":
-            return cmd_run(args.recipe, args.overrides, args.output, args.fail_fast, args.threads)
-        if args.command == "compare":
-            return cmd_compare(args.runs, args.baseline, args.output, args.resamples, args.seed)
-        if args.command == "inspect":
-            return cmd_inspect(args.recipe, args.overrides, args.image, args.question, args.sample_id,
-                               args.output, args.all_tokens, args.threads)  # fmt: skip
-        if args.command == "plugins":
-            return cmd_plugins()
-        if args.recipe_command == "list":
-            if extra:
-                p.error(f"unrecognized arguments: {' '.join(extra)}")
-            return cmd_recipe_list()
-        if args.recipe_command == "reference":
-            if extra:
-                p.error(f"unrecognized arguments: {' '.join(extra)}")
-            return cmd_recipe_reference(args.output, args.all)
-        return cmd_recipe_show(args.recipe, args.overrides)
+        return _dispatch(args)
+    except KeyboardInterrupt:  # a Ctrl-C before decoding began (during it, a run stops after the batch)
+        print("mllm-refine: interrupted by SIGINT; what was written is kept, rerun to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from mllm_refine.lightning.stopping import Stopped
+
+        if not isinstance(e, Stopped):
+            raise
+        print(f"mllm-refine: {e}", file=sys.stderr)
+        return e.code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command, with its failures as one line and an exit code (see the parser's epilog)."""
+    from mllm_refine.data.manifest import SampleError
+    from mllm_refine.models import ModelLoadError
+    from mllm_refine.plugin_manager import PluginError
+    from mllm_refine.recipes import RecipeError
+
+    try:
+        return _command(args)
     except SampleError as e:  # --fail-fast stopped at this sample
         print(f"mllm-refine: error: {e}", file=sys.stderr)
         return 3
@@ -237,6 +248,24 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. the shard writer's disk-full error; what was written is kept
         print(f"mllm-refine: error: {e}", file=sys.stderr)
         return 1
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return cmd_run(args.recipe, args.overrides, args.output, args.fail_fast, args.threads,
+                       args.restart, args.retry_failed)  # fmt: skip
+    if args.command == "compare":
+        return cmd_compare(args.runs, args.baseline, args.output, args.resamples, args.seed)
+    if args.command == "inspect":
+        return cmd_inspect(args.recipe, args.overrides, args.image, args.question, args.sample_id,
+                           args.output, args.all_tokens, args.threads)  # fmt: skip
+    if args.command == "plugins":
+        return cmd_plugins()
+    if args.recipe_command == "list":
+        return cmd_recipe_list()
+    if args.recipe_command == "reference":
+        return cmd_recipe_reference(args.output, args.all)
+    return cmd_recipe_show(args.recipe, args.overrides)
 
 
 if __name__ == "__main__":

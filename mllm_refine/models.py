@@ -50,6 +50,8 @@ def check_model_path(path: str) -> None:
     folder = Path(path).expanduser()
     looks_local = folder.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local:
+        if folder.is_file():
+            raise ModelLoadError(f"model.path: {folder} is a file; a checkpoint is the folder that holds config.json and the weights")
         if not folder.is_dir():
             raise ModelLoadError(f"model.path: checkpoint folder not found: {folder}")
         if not (folder / "config.json").is_file():

@@ -19,7 +19,9 @@ from typing import Any, Callable
 import yaml
 
 from mllm_refine.lightning.data import RecipeData, build_dataset
-from mllm_refine.lightning.shards import PREDICTIONS, merge
+from mllm_refine.lightning.identity import check_fingerprint, fingerprint, has_records, sample_digests, set_aside, write_fingerprint
+from mllm_refine.lightning.lock import FolderLock
+from mllm_refine.lightning.shards import PREDICTIONS, drop_error_records, merge, write_file, written_ids
 from mllm_refine.lightning.trainer import trainer_config
 from mllm_refine.metrics.localisation import localisation_scores, ordered_buckets
 from mllm_refine.models import check_model_path, check_remote_code
@@ -76,35 +78,81 @@ def run_recipe(
     fail_fast: bool = False,
     log: Callable[[str], None] = print,
     models: dict[str, Any] | None = None,
+    restart: bool = False,
+    retry_failed: bool = False,
 ) -> RunSummary | None:
     """Decode ``recipe``'s data into ``output``; returns the summary on rank 0, None elsewhere.
-    ``models`` caches loaded ``(model, processor)`` pairs across the runs of a sweep."""
-    from mllm_refine.lightning.module import RefineModule
-    from mllm_refine.lightning.provenance import device_info, git_state, versions
-    from mllm_refine.lightning.trainer import make_trainer, quiet_lightning
-    from mllm_refine.lightning.writer import ShardWriter
-
+    ``models`` caches loaded ``(model, processor)`` pairs across the runs of a sweep.
+    ``restart``: move a folder that holds records aside first (``<output>.old-N``);
+    ``retry_failed``: decode again the samples whose records are errors."""
     check_remote_code(recipe.model, recipe.source)
     check_model_path(recipe.model["path"])
     cfg = trainer_config(recipe.raw, recipe.source)
     out = Path(output)
+    rank0 = _is_rank_zero()  # ranks a ddp launch starts later find the folder as rank 0 left it
+    lock = _take_folder(out, recipe.name, restart, log) if rank0 else None
+    try:
+        return _run_in(recipe, out, cfg, rank0, fail_fast, log, models, retry_failed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _take_folder(out: Path, name: str, restart: bool, log: Callable[[str], None]) -> FolderLock:
+    """Lock ``out`` for this run (moving a previous run aside first with ``restart``)."""
     out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out).acquire()
+    if restart and has_records(out):
+        lock.release()
+        log(f"{name}: --restart: the previous run in {out} is kept as {set_aside(out)}")
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(out).acquire()
+    return lock
+
+
+def _run_in(
+    recipe: Recipe,
+    out: Path,
+    cfg: Any,
+    rank0: bool,
+    fail_fast: bool,
+    log: Callable[[str], None],
+    models: dict[str, Any] | None,
+    retry_failed: bool,
+) -> RunSummary | None:
+    from mllm_refine.lightning.module import RefineModule
+    from mllm_refine.lightning.provenance import device_info, git_state, versions
+    from mllm_refine.lightning.stopping import Stopped
+    from mllm_refine.lightning.trainer import make_trainer, quiet_lightning
+    from mllm_refine.lightning.writer import ShardWriter
+
+    if rank0 and retry_failed:
+        log(f"{recipe.name}: --retry-failed: {drop_error_records(out)} error record(s) will be decoded again")
     data = RecipeData(recipe.data, out, recipe.decode.batch_size, cfg.num_workers, recipe.source)
     metric = metric_name(recipe, data.dataset)
-    rank0 = _is_rank_zero()
+    counts = tuple(getattr(data.dataset, "count_params", ("limit",)))
+    current = fingerprint(recipe.raw, recipe.name, sample_digests(data.dataset, data.ids), counts)
+    check_fingerprint(out, current, data.done)
     if rank0:
+        write_fingerprint(out, current)
         # the name goes in too: a rerun from this file alone must write the same records
-        (out / "recipe.yaml").write_text(yaml.safe_dump({"name": recipe.name, **recipe.raw}, sort_keys=False))
+        write_file(out / "recipe.yaml", yaml.safe_dump({"name": recipe.name, **recipe.raw}, sort_keys=False))
         done = len(data.ids) - len(data.todo)
         log(f"{recipe.name}: {len(data.ids)} samples, {done} already done, {len(data.todo)} to run -> {out}")
     quiet_lightning()
-    trainer = make_trainer(cfg, out, [ShardWriter(out)])
+    trainer = make_trainer(cfg, out, [ShardWriter(out)], recipe.source)
     models = {} if models is None else models
     key = json.dumps(recipe.model, sort_keys=True)
     module = RefineModule(recipe, fail_fast, loaded=models.get(key))
     start = time.perf_counter()
     if data.todo:
-        trainer.predict(module, datamodule=data, return_predictions=False)
+        try:
+            trainer.predict(module, datamodule=data, return_predictions=False)
+        except Stopped as e:
+            written = written_ids(out)
+            done = sum(1 for sid in data.ids if sid in written)
+            e.args = (f"{recipe.name}: stopped by {e.name} after {done} of {len(data.ids)} samples; rerun to resume",)
+            raise
         models[key] = module.loaded
         # Rank 0 merges next: wait until every rank has closed its shard (ranks whose share was
         # empty never ran the predict hooks, so the wait is here rather than in a hook).
@@ -128,7 +176,7 @@ def run_recipe(
         provenance={"versions": versions(), "git": git_state(),
                     "device": device_info(trainer, module.model) if data.todo else None},
     )  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_file(out / "summary.json", json.dumps(asdict(summary), indent=2))
     return summary
 
 
@@ -180,7 +228,7 @@ def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[
     localisation = localisation_scores(records)
     if localisation:
         result["localisation"] = localisation
-    (out / "scores.json").write_text(json.dumps(result, indent=2))
+    write_file(out / "scores.json", json.dumps(result, indent=2))
     return result
 
 
@@ -221,7 +269,12 @@ def sweep_recipes(recipe: Recipe) -> list[Recipe]:
 
 
 def run_sweep(
-    recipe: Recipe, output: str | Path | None, fail_fast: bool = False, log: Callable[[str], None] = print
+    recipe: Recipe,
+    output: str | Path | None,
+    fail_fast: bool = False,
+    log: Callable[[str], None] = print,
+    restart: bool = False,
+    retry_failed: bool = False,
 ) -> list[RunSummary]:
     """Run the recipe, or each item of its sweep into ``output/<item name>`` (default
     ``runs/<recipe name>[/<item name>]``); one model load serves items that share it."""
@@ -234,7 +287,7 @@ def run_sweep(
     models: dict[str, Any] = {}
     summaries = []
     for r in recipes:
-        s = run_recipe(r, root / r.name if swept else root, fail_fast, log, models)
+        s = run_recipe(r, root / r.name if swept else root, fail_fast, log, models, restart, retry_failed)
         if s is not None:
             summaries.append(s)
     return summaries

@@ -15,6 +15,7 @@ images over ``max_pixels`` are refused before they are decoded (a decompression 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -25,6 +26,7 @@ from PIL import Image
 
 from mllm_refine.data.sample import Sample
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark some editors write first
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's default bomb limit
 _ID = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.)*"|[-\w.]+)')
 
@@ -68,6 +70,15 @@ def open_image(path: Path, shown: str, sid: str, max_pixels: int) -> Image.Image
         raise SampleError(f"{where}: cannot read image: {first}") from e
 
 
+def _check_text(text: str, where: str) -> None:
+    """Refuse text UTF-8 cannot encode: an unpaired surrogate from a ``\\ud800`` escape is valid
+    JSON but no character, and no tokenizer reads it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SampleError(f"{where}: holds an unpaired surrogate U+{ord(text[e.start]):04X} at character {e.start + 1}, not text") from e
+
+
 class Manifest:
     """A sequence of ``Sample`` over a JSONL file; only line offsets are held in memory."""
 
@@ -77,6 +88,8 @@ class Manifest:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"data.path: manifest file not found: {self.path}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"data.limit: expected a count of samples (0 or more), got {limit!r}")
         if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
             raise ValueError(f"data.max_pixels: expected a positive int, got {max_pixels!r}")
         self.root = self.path.parent
@@ -91,6 +104,8 @@ class Manifest:
                 offset += len(line)
                 if limit is not None and len(self.offsets) >= limit:
                     break
+        if not self.offsets and limit != 0:
+            raise ValueError(f"data.path: {self.path} holds no samples (an empty manifest)")
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -98,27 +113,38 @@ class Manifest:
     def _line(self, index: int) -> bytes:
         with self.path.open("rb") as f:
             f.seek(self.offsets[index])
-            return f.readline()
+            line = f.readline()
+        return line[len(BOM) :] if self.offsets[index] == 0 and line.startswith(BOM) else line
 
-    def _where(self, index: int) -> str:
-        return f"{self.path}:{index + 1}"
+    def where(self, index: int) -> str:
+        """``<file>:<line>`` of sample ``index``."""
+        with self.path.open("rb") as f:
+            line = f.read(self.offsets[index]).count(b"\n") + 1
+        return f"{self.path}:{line}"
+
+    def sample_digest(self, index: int) -> str:
+        """A digest of the sample's line: a rerun resumes a sample only if its line is unchanged."""
+        return hashlib.sha256(self._line(index).strip()).hexdigest()[:16]
 
     def _record(self, index: int) -> dict:
         line = self._line(index)
-        where = f"{self._where(index)} (sample {self.sample_id(index)!r})"
+
+        def where() -> str:  # on errors only: finding the line number reads the file up to it
+            return f"{self.where(index)} (sample {self.sample_id(index)!r})"
+
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise SampleError(f"{where}: not UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1})") from e
+            raise SampleError(f"{where()}: not UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1})") from e
         try:
             record = json.loads(text)
         except json.JSONDecodeError as e:
-            raise SampleError(f"{where}: not a JSON line ({e})") from e
+            raise SampleError(f"{where()}: not a JSON line ({e})") from e
         if not isinstance(record, dict):
-            raise SampleError(f"{where}: expected a JSON object")
+            raise SampleError(f"{where()}: expected a JSON object")
         for key in ("id", "question"):
             if key not in record:
-                raise SampleError(f"{where}: missing key {key!r}")
+                raise SampleError(f"{where()}: missing key {key!r}")
         return record
 
     def sample_id(self, index: int) -> str:
@@ -165,6 +191,9 @@ class Manifest:
         paths = [paths] if isinstance(paths, str) else list(paths)
         images = [open_image(self._image_path(p, sid), str(p), sid, self.max_pixels) for p in paths]
         answers = record.pop("answers", None)
-        if isinstance(answers, str):
-            answers = [answers]
+        if answers is not None:
+            # any JSON scalar is an answer's text: 1 -> "1", true -> "true"
+            answers = [a if isinstance(a, str) else json.dumps(a) for a in (answers if isinstance(answers, list) else [answers])]
+        for name, text in (("question", question), *((f"answers[{i}]", a) for i, a in enumerate(answers or []))):
+            _check_text(text, f"sample {sid!r}: {name}")
         return Sample(id=sid, question=question, images=images, answers=answers, meta=record)

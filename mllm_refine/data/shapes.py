@@ -34,6 +34,9 @@ def draw(shape: str, colour: str, size: int, rng: random.Random) -> Image.Image:
 class Shapes:
     """``n`` seeded samples; questions ask for the colour, the shape, or yes/no about either."""
 
+    # Sample i depends on the seed and i alone: more samples extend a run, as a larger limit does.
+    count_params = ("limit", "n")
+
     def __init__(self, n: int = 32, seed: int = 0, size: int = 64, limit: int | None = None) -> None:
         self.n = min(n, limit) if limit is not None else n
         self.seed, self.size = seed, size

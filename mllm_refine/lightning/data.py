@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from mllm_refine.data.sample import Sample
 from mllm_refine.lightning.shards import adopt_predictions, written_ids
 from mllm_refine.plugin_manager import get_registry
-from mllm_refine.recipes.schema import RecipeError, suggest
+from mllm_refine.recipes.schema import RecipeError, check_value, suggest
 
 
 def build_dataset(data: dict[str, Any], source: str = "recipe") -> Any:
@@ -27,10 +28,34 @@ def build_dataset(data: dict[str, Any], source: str = "recipe") -> Any:
         raise RecipeError(f"{source}: data.name: unknown dataset {name!r}{suggest(name, names)}; choices: {', '.join(names)}")
     factory = registry.get("dataset", name).obj
     accepted = inspect.signature(factory).parameters
-    for key in params:
+    hints = _hints(factory)
+    for key, value in params.items():
         if key not in accepted:
             raise RecipeError(f"{source}: data.{key}: unknown parameter of dataset {name!r}{suggest(key, list(accepted))}")
+        if key in hints:
+            check_value(value, hints[key], f"{source}: data.{key}")
+    limit = params.get("limit")
+    if isinstance(limit, int) and limit < 0:
+        raise RecipeError(f"{source}: data.limit: expected a count of samples (0 or more), got {limit}")
     return factory(**params)
+
+
+def _hints(factory: Any) -> dict[str, Any]:
+    """The factory's parameter types, where they can be resolved (else none are checked)."""
+    try:
+        return typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:
+        return {}
+
+
+def check_unique_ids(dataset: Any, ids: list[str], source: str) -> None:
+    """Refuse a dataset in which two samples share an id (``1`` and ``"1"`` too), naming both."""
+    first: dict[str, int] = {}
+    for i, sid in enumerate(ids):
+        if sid in first:
+            where = getattr(dataset, "where", lambda n: f"sample #{n + 1}")
+            raise RecipeError(f"{source}: data: sample id {sid!r} is used twice: {where(first[sid])} and {where(i)}")
+        first[sid] = i
 
 
 def sample_ids(dataset: Any) -> list[str]:
@@ -82,6 +107,7 @@ class RecipeData(pl.LightningDataModule):
         super().__init__()
         self.dataset = build_dataset(data, source)
         self.ids = sample_ids(self.dataset)
+        check_unique_ids(self.dataset, self.ids, source)
         adopt_predictions(Path(output))
         self.done = written_ids(Path(output))
         self.todo = [i for i, sid in enumerate(self.ids) if sid not in self.done]

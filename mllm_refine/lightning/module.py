@@ -101,7 +101,10 @@ class RefineModule(pl.LightningModule):
         assert self.decoder is not None
         refused = []
         for s in samples:
-            error = self._too_long(s)
+            try:
+                error = self._too_long(s)
+            except Exception as e:  # the tokenizer refused the question: this sample alone fails
+                error = SampleError(error_line(s.id, e))
             if error is not None:
                 if self.fail_fast:
                     raise error

@@ -40,6 +40,13 @@ def trainer_config(raw: dict[str, Any], source: str) -> TrainerConfig:
         cfg.accelerator = _DEVICE_TO_ACCELERATOR.get(device.split(":")[0], "auto")
     if cfg.num_nodes < 1 or cfg.num_workers < 0 or cfg.progress_every < 0:
         raise RecipeError(f"{source}: trainer: num_nodes must be >= 1, num_workers and progress_every >= 0")
+    if (isinstance(cfg.devices, int) and cfg.devices < 1 and cfg.devices != -1) or cfg.devices in ([], ""):
+        raise RecipeError(f"{source}: trainer.devices: {cfg.devices!r} names no device (a count of 1 or more, -1 for all, or a list of indices)")
+    if cfg.accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecipeError(f"{source}: trainer.accelerator: {cfg.accelerator!r}, but this machine has no usable GPU (torch.cuda.is_available() is False)")
     return cfg
 
 
@@ -53,27 +60,33 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
-def make_trainer(cfg: TrainerConfig, output: Path, callbacks: list[Any]) -> Any:
+def make_trainer(cfg: TrainerConfig, output: Path, callbacks: list[Any], source: str = "recipe") -> Any:
+    """A Lightning ``Trainer`` for ``cfg``; a setting Lightning refuses is one ``RecipeError``."""
     import lightning.pytorch as pl
 
     from mllm_refine.lightning.progress import ProgressLog, SampleProgressBar
+    from mllm_refine.lightning.stopping import StopOnSignal
 
     bar = sys.stderr.isatty() if cfg.enable_progress_bar is None else cfg.enable_progress_bar
     log = [ProgressLog(cfg.progress_every)] if not bar and cfg.progress_every > 0 else []
-    return pl.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        callbacks=[*callbacks, *([SampleProgressBar()] if bar else []), *log],
-        enable_progress_bar=bar,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # RecipeData splits the pending ids itself
-        # Off: refiners that take gradients (ViCrop grad-att, pure-grad) need autograd, which
-        # inference mode forbids even under enable_grad; the decoder itself runs under no_grad.
-        inference_mode=False,
-        default_root_dir=str(output),
-    )
+    try:
+        return pl.Trainer(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            precision=cfg.precision,
+            callbacks=[*callbacks, StopOnSignal(), *([SampleProgressBar()] if bar else []), *log],
+            enable_progress_bar=bar,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # RecipeData splits the pending ids itself
+            # Off: refiners that take gradients (ViCrop grad-att, pure-grad) need autograd, which
+            # inference mode forbids even under enable_grad; the decoder itself runs under no_grad.
+            inference_mode=False,
+            default_root_dir=str(output),
+        )
+    except (ValueError, RuntimeError, TypeError) as e:  # Lightning's MisconfigurationException is a ValueError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecipeError(f"{source}: trainer: {first}") from e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import IO, Any, Sequence
@@ -10,7 +9,7 @@ from typing import IO, Any, Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from mllm_refine.lightning.shards import repair_tail, shard_path
+from mllm_refine.lightning.shards import record_line, repair_tail, shard_path
 
 
 class ShardWriteError(OSError):
@@ -46,7 +45,7 @@ class ShardWriter(BasePredictionWriter):
         assert self.file is not None
         start = self.file.tell()
         try:
-            self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction))
+            self.file.write("".join(record_line(r) for r in prediction))
             self.file.flush()
             os.fsync(self.file.fileno())
         except OSError as e:

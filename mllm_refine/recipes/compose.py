@@ -58,13 +58,13 @@ def find_recipe(ref: str, relative_to: Path | None, where: str) -> Path:
 
 
 def read_with_origins(path: Path) -> tuple[dict[str, Any], Origins]:
-    """A recipe file's mapping (``yaml.safe_load``) and the line of every key and list item."""
-    from mllm_refine.recipes.loader import read_yaml
+    """A recipe file's mapping (``safe_yaml``) and the line of every key and list item."""
+    from mllm_refine.recipes.loader import read_yaml_node
 
-    raw = read_yaml(path)  # checks the file, the YAML and that it is a mapping
-    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    raw, node = read_yaml_node(path)  # checks the file, the YAML and that it is a mapping
     origins: Origins = {}
-    _walk(node, raw, (), _shown(path), origins)
+    if node is not None:
+        _walk(node, raw, (), _shown(path), origins)
     return raw, origins
 
 

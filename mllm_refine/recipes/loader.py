@@ -1,6 +1,7 @@
 """Recipes: YAML files that name a model, data, decoding settings and a stack of parts.
 
-A recipe is read with ``yaml.safe_load`` only, overridden with ``key=value`` pairs (values parsed
+A recipe is read with ``yaml.SafeLoader`` only (``safe_yaml``: duplicate keys refused, aliases
+bounded), overridden with ``key=value`` pairs (values parsed
 as YAML scalars or lists), and checked against every component's typed parameters before any
 model is loaded.
 """
@@ -18,6 +19,7 @@ from mllm_refine.components import KINDS
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import ConflictError, Parts
 from mllm_refine.plugin_manager import get_registry
+from mllm_refine.recipes import safe_yaml
 from mllm_refine.recipes.compose import Origins, drop_origins, find_recipe, is_name, origin_of, override_origins, resolve
 from mllm_refine.recipes.schema import RecipeError, build_dataclass, suggest
 
@@ -64,7 +66,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not key:
         raise RecipeError(f"override {text!r}: empty key")
-    return key.split("."), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.split("."), safe_yaml.loads(value) if value.strip() else ""
+    except safe_yaml.RecipeYAMLError as e:
+        raise RecipeError(f"override {text!r}: the value is not YAML ({e})") from e
 
 
 def apply_override(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
@@ -76,6 +81,8 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any, text: str) 
                 raise RecipeError(f"override {text!r}: no item {part} in {'.'.join(path[:i]) or 'recipe'}")
             node = node[int(part)]
             continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {text!r}: {'.'.join(path[:i])} is a value ({node!r}), not a section with keys")
         if part not in node or node[part] is None:
             node[part] = [] if nxt.isdigit() else {}
         node = node[part]
@@ -84,23 +91,31 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any, text: str) 
         if not last.isdigit() or int(last) >= len(node):
             raise RecipeError(f"override {text!r}: no item {last}")
         node[int(last)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise RecipeError(f"override {text!r}: {'.'.join(path[:-1])} is a value ({node!r}), not a section with keys")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    return read_yaml_node(path)[0]
+
+
+def read_yaml_node(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """A recipe file's mapping and its YAML node (for the line of each key)."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise RecipeError(f"{p}{line}: not a valid recipe YAML ({getattr(e, 'problem', e)})") from e
+        raw, node = safe_yaml.compose_and_load(p.read_text(encoding="utf-8"))
+    except safe_yaml.RecipeYAMLError as e:
+        raise RecipeError(f"{p}{f':{e.line}' if e.line else ''}: not a valid recipe YAML ({e.problem})") from e
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from e
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise RecipeError(f"{p}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    return raw
+    return raw, node
 
 
 def _component(kind: str, spec: Any, where: str):

@@ -32,8 +32,12 @@ def test_merge_orders_by_dataset_and_checks_each_id_once(tmp_path):
     assert [json.loads(x)["id"] for x in lines] == ["a", "b", "c"]
     with pytest.raises(MergeError, match=r"1 sample id\(s\) have no record, e\.g\. 'd'"):
         merge(tmp_path, ["a", "b", "c", "d"])
-    _write(tmp_path / "shards" / "rank-00002.jsonl", "b")
-    with pytest.raises(MergeError, match=r"written more than once, e\.g\. 'b' in rank-00001\.jsonl x1, rank-00002\.jsonl x1"):
+    _write(tmp_path / "shards" / "rank-00002.jsonl", "b")  # the same record twice (a batch written again)
+    records, _ = merge(tmp_path, ["a", "b", "c"])
+    assert [r["id"] for r in records] == ["a", "b", "c"]
+    (tmp_path / "shards" / "rank-00002.jsonl").write_text(json.dumps({"id": "b", "prediction": "other"}) + "\n")
+    with pytest.raises(MergeError, match=r"written more than once with different records, e\.g\. 'b' in "
+                       r"rank-00001\.jsonl x1, rank-00002\.jsonl x1 .*--restart"):  # fmt: skip
         merge(tmp_path, ["a", "b", "c"])
 
 
@@ -50,3 +54,21 @@ def test_predictions_without_shards_are_adopted(tmp_path):
     assert written_ids(tmp_path) == {"a", "b"}
     adopt_predictions(tmp_path)  # shards exist now: nothing happens
     assert len(list((tmp_path / "shards").iterdir())) == 1
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from mllm_refine.lightning.shards import write_file
+
+    target = tmp_path / "scores.json"
+    target.write_text("old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=rf"{target}: cannot write \(No space left on device\)"):
+        write_file(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]

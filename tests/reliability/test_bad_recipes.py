@@ -20,7 +20,19 @@ BEFORE_LOAD = {
     "conflicting": ("logit_combiner: {name: layer_contrast}\n", "logit_combiner 'layer_contrast' contrasts with a selected layer"),
     "extends_cycle": ("extends: r.yaml\n", "extends: cycle:"),
     "unknown_metric": ("metric: exact_mach\n", "metric: unknown metric 'exact_mach' (did you mean 'exact_match'?)"),
+    "key_given_twice": ("metric: exact_match\nmetric: pope\n", "r.yaml:5: not a valid recipe YAML (key 'metric' is given twice (first on line 4))"),
+    "alias_bomb": ("".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "x"] * 9) + "]\n" for i in range(9)),
+                   "expands to more than 100000 values through its aliases"),
+    "no_devices": ("trainer: {devices: 0}\n", "trainer.devices: 0 names no device"),
 }  # fmt: skip
+if not __import__("torch").cuda.is_available():
+    BEFORE_LOAD["gpu_without_gpu"] = ("trainer: {accelerator: gpu}\n", "trainer.accelerator: 'gpu', but this machine has no usable GPU")
+OVERRIDES = {
+    "value_not_a_section": ("decode.batch_size.x=1", "override 'decode.batch_size.x=1': decode.batch_size is a value (8), not a section"),
+    "broken_yaml_value": ("decode.max_new_tokens=[1", "override 'decode.max_new_tokens=[1': the value is not YAML"),
+    "limit_not_a_number": ("data.limit=abc", "data.limit: expected int or NoneType, got 'abc'"),
+    "negative_limit": ("data.limit=-5", "data.limit: expected a count of samples (0 or more), got -5"),
+}
 AFTER_LOAD = {
     "layer_outside_model": ("layer_selector: {name: hellinger_shift, layers: [99]}\nlogit_combiner: {name: layer_contrast}\n",
                             "layer_selector.layers: layer 99 is outside 2.."),
@@ -50,7 +62,7 @@ def test_refused_before_any_model_loads(case, tmp_path, capsys, no_model_load):
     recipe.write_text(BASE + extra)
     assert main(["run", str(recipe), "-o", str(tmp_path / "run")]) == 2
     err = _one_line(capsys)
-    assert f"{recipe}: " in err and message in err, err
+    assert f"{recipe}:" in err and message in err, err
     assert not (tmp_path / "run" / "shards").exists()
 
 
@@ -80,3 +92,22 @@ def test_unsupported_model_or_missing_checkpoint_names_what_is_supported(folder,
     recipe.write_text(f"model: {{path: {tmp_path / folder}}}\ndata: {{name: shapes, n: 2}}\n")
     assert main(["run", str(recipe), "-o", str(tmp_path / "run")]) == 2
     assert message in _one_line(capsys)
+
+
+@pytest.mark.parametrize("case", sorted(OVERRIDES))
+def test_bad_overrides_are_one_line_naming_the_key(case, tmp_path, capsys, no_model_load):
+    override, message = OVERRIDES[case]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE.replace("decode: {max_new_tokens: 2}", "decode: {max_new_tokens: 2, batch_size: 8}"))
+    assert main(["run", str(recipe), "-o", str(tmp_path / "run"), override]) == 2
+    err = _one_line(capsys)
+    assert message in err, err
+
+
+def test_a_file_given_as_model_path_is_named_as_a_file(tmp_path, capsys, no_model_load):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"0")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE)
+    assert main(["run", str(recipe), "-o", str(tmp_path / "run"), f"model.path={weights}"]) == 2
+    assert f"model.path: {weights} is a file; a checkpoint is the folder that holds config.json" in _one_line(capsys)

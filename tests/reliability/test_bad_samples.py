@@ -13,7 +13,7 @@ from PIL import Image
 from mllm_refine.cli import main
 from mllm_refine.data.manifest import to_rgb
 
-GOOD = ["ok", "gray", "rgba", "deep16"]
+GOOD = ["ok", "gray", "rgba", "deep16", "numeric"]
 # sample id -> what its error line must contain (besides the id)
 BAD = {
     "missing": ["images/missing.png", "file not found"],
@@ -26,6 +26,7 @@ BAD = {
     "too_long": ["over the model's context length 1024"],
     "dotdot": ["../outside.png", "outside the manifest's folder", "data.allow_outside_root=true"],
     "absolute": ["outside the manifest's folder"],
+    "surrogate": ["question: holds an unpaired surrogate U+D800 at character 5, not text"],
 }
 
 
@@ -43,7 +44,8 @@ def _manifest(root: Path, helpers: dict[str, Any]) -> Path:
     (data / "images" / "empty.png").write_bytes(b"")
     outside = img(root / "outside.png")
     q = "what color is it?"
-    rows: list[Any] = [{"id": g, "image": f"images/{g}.png", "question": q, "answers": ["red"]} for g in GOOD]
+    rows: list[Any] = [{"id": g, "image": f"images/{g}.png", "question": q, "answers": ["red"]} for g in GOOD[:-1]]
+    rows.append({"id": "numeric", "image": "images/ok.png", "question": q, "answers": [3, 2.5, True]})
     rows += [
         {"id": "missing", "image": "images/missing.png", "question": q},
         {"id": "corrupt", "image": "images/corrupt.png", "question": q},
@@ -55,8 +57,11 @@ def _manifest(root: Path, helpers: dict[str, Any]) -> Path:
         {"id": "too_long", "image": "images/ok.png", "question": "red " * 1100},
         {"id": "dotdot", "image": "../outside.png", "question": q},
         {"id": "absolute", "image": str(outside), "question": q},
+        {"id": "surrogate", "image": "images/ok.png", "question": "what\ud800 color?"},  # valid JSON: the escape \\ud800
     ]
-    return helpers["manifest"](data / "m.jsonl", rows)
+    path = helpers["manifest"](data / "m.jsonl", rows)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # a byte order mark, as some editors write
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +128,12 @@ def test_16_bit_grayscale_is_scaled_not_clipped():
     assert np.asarray(to_rgb(deep))[0].tolist() == [[0, 0, 0], [128, 128, 128], [255, 255, 255]]
     rgba = Image.fromarray(np.full((1, 1, 4), 7, dtype=np.uint8), mode="RGBA")
     assert to_rgb(rgba).mode == "RGB" and np.asarray(to_rgb(rgba))[0, 0].tolist() == [7, 7, 7]
+
+
+def test_numeric_answers_are_read_as_text_and_scored(bad_run):
+    assert bad_run["records"]["numeric"]["answers"] == ["3", "2.5", "true"]
+    assert bad_run["records"]["numeric"]["error"] is None
+
+
+def test_a_byte_order_mark_is_read_past(bad_run):
+    assert "ok" in bad_run["records"] and bad_run["records"]["ok"]["error"] is None  # the first line
