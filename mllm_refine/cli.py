@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(e, Stopped):
             raise
-        print(f"mllm-refine: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"mllm-refine: {e}", file=sys.stderr)
         return e.code
 
 

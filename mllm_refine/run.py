@@ -148,10 +148,11 @@ def _run_in(
     if data.todo:
         try:
             trainer.predict(module, datamodule=data, return_predictions=False)
-        except Stopped as e:
+        except Stopped as e:  # every rank stops after its batch; rank 0 speaks for the run
             written = written_ids(out)
             done = sum(1 for sid in data.ids if sid in written)
             e.args = (f"{recipe.name}: stopped by {e.name} after {done} of {len(data.ids)} samples; rerun to resume",)
+            e.quiet = trainer.global_rank != 0
             raise
         models[key] = module.loaded
         # Rank 0 merges next: wait until every rank has closed its shard (ranks whose share was

@@ -21,6 +21,7 @@ class Stopped(Exception):
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.code = 128 + signum
+        self.quiet = False  # True on ranks other than 0, which leave the report to rank 0
         super().__init__(f"stopped by {self.name}")
 
 

@@ -117,7 +117,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, good_manifest, h
 
 
 def test_sigterm_stops_after_the_batch_and_a_rerun_completes(tmp_path, helpers):
-    recipe = helpers["recipe"](tmp_path / "r.yaml", "model: {path: tiny-llava}\ndata: {name: shapes, n: 400}\n"
+    recipe = helpers["recipe"](tmp_path / "r.yaml", "model: {path: tiny-llava}\ndata: {name: shapes, n: 120}\n"
                                "decode: {max_new_tokens: 4, batch_size: 2}\n")  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "mllm_refine.cli", "run", str(recipe), "--threads", "1"]
@@ -130,9 +130,9 @@ def test_sigterm_stops_after_the_batch_and_a_rerun_completes(tmp_path, helpers):
     _, err = run.communicate(timeout=120)
     assert run.returncode == 143, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("mllm-refine: r: stopped by SIGTERM after ") and line.endswith(" of 400 samples; rerun to resume"), line
+    assert line.startswith("mllm-refine: r: stopped by SIGTERM after ") and line.endswith(" of 120 samples; rerun to resume"), line
     done = int(line.split(" after ")[1].split()[0])
-    assert 0 < done < 400 and len(shard.read_text().splitlines()) == done
+    assert 0 < done < 120 and len(shard.read_text().splitlines()) == done
     assert subprocess.run([*cmd, "-o", str(tmp_path / "run")], capture_output=True, env=env).returncode == 0
     assert subprocess.run([*cmd, "-o", str(tmp_path / "whole")], capture_output=True, env=env).returncode == 0
     assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == (tmp_path / "whole" / "predictions.jsonl").read_bytes()
@@ -162,3 +162,27 @@ def test_a_question_the_tokenizer_refuses_fails_that_sample_only(tmp_path, good_
     records = helpers["records"](tmp_path / "run" / "predictions.jsonl")
     assert records["g1"]["error"] == "sample 'g1': ValueError: the tokenizer cannot read this text"
     assert records["g0"]["error"] is None and records["g2"]["error"] is None
+
+
+def test_sigterm_under_two_ddp_ranks_then_a_rerun_equals_one_process(tmp_path, helpers):
+    """A scheduler's preemption signals the job's process group: each rank stops after its batch,
+    rank 0 reports once, and the rerun completes byte-identical to an uninterrupted 1-process run."""
+    recipe = helpers["recipe"](tmp_path / "r.yaml", "model: {path: tiny-llava}\ndata: {name: shapes, n: 160}\n"
+                               "decode: {max_new_tokens: 4, batch_size: 2}\n"
+                               "trainer: {accelerator: cpu, devices: 2, strategy: ddp}\n")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mllm_refine.cli", "run", str(recipe), "--threads", "1"]
+    run = subprocess.Popen([*cmd, "-o", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    shards = tmp_path / "run" / "shards"
+    deadline = time.time() + 240
+    while len([p for p in shards.glob("rank-*.jsonl") if p.stat().st_size]) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGTERM)
+    _, err = run.communicate(timeout=240)
+    assert run.returncode == 143, err[-2000:]
+    stopped = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
+    assert len(stopped) == 1 and stopped[0].endswith(" of 160 samples; rerun to resume"), err[-2000:]
+    assert subprocess.run([*cmd, "-o", str(tmp_path / "run")], capture_output=True, env=env).returncode == 0
+    one = [*cmd, "-o", str(tmp_path / "one"), "trainer.devices=1", "trainer.strategy=auto"]
+    assert subprocess.run(one, capture_output=True, env=env).returncode == 0
+    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == (tmp_path / "one" / "predictions.jsonl").read_bytes()
