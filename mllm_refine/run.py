@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -64,6 +65,22 @@ def metric_name(recipe: Recipe, dataset: Any) -> str:
             "localisation whenever the recipe writes a map and the samples carry a target box"
         )
     return str(name)
+
+
+class PeerLost(OSError):
+    """Another DDP rank died; this one cannot finish the run (a rerun resumes)."""
+
+
+@contextmanager
+def peer_lost_is_one_line() -> Iterator[None]:
+    """A collective that finds a DDP peer gone (gloo: connection closed) becomes ``PeerLost``."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if "closed by peer" not in text and "Connection reset" not in text:
+            raise
+        raise PeerLost(f"a DDP rank stopped ({text.split('] ', 1)[-1].split('.')[0]}); what was written is kept, rerun to resume") from e
 
 
 def _is_rank_zero() -> bool:
@@ -147,7 +164,8 @@ def _run_in(
     start = time.perf_counter()
     if data.todo:
         try:
-            trainer.predict(module, datamodule=data, return_predictions=False)
+            with peer_lost_is_one_line():
+                trainer.predict(module, datamodule=data, return_predictions=False)
         except Stopped as e:  # every rank stops after its batch; rank 0 speaks for the run
             written = written_ids(out)
             done = sum(1 for sid in data.ids if sid in written)
@@ -157,7 +175,8 @@ def _run_in(
         models[key] = module.loaded
         # Rank 0 merges next: wait until every rank has closed its shard (ranks whose share was
         # empty never ran the predict hooks, so the wait is here rather than in a hook).
-        trainer.strategy.barrier("mllm_refine.shards_written")
+        with peer_lost_is_one_line():
+            trainer.strategy.barrier("mllm_refine.shards_written")
         rank0 = trainer.global_rank == 0
     if not rank0:
         return None
@@ -201,10 +220,16 @@ def _breakdown(factory: Any, scored: list[dict[str, Any]], key: str) -> dict[str
             groups.setdefault(str(value), []).append(r)
     order = ordered_buckets(set(groups)) if key == "size_bucket" else sorted(groups)
     return {
-        g: {"score": _score(factory(), [r["prediction"] or "" for r in groups[g]], [r["answers"] for r in groups[g]])[0],
+        g: {"score": _score(factory(), [str(r["prediction"] or "") for r in groups[g]], [references(r["answers"]) for r in groups[g]])[0],
             "n": len(groups[g])}
         for g in order
     }  # fmt: skip
+
+
+def references(answers: Any) -> list[str]:
+    """A record's reference answers as text, whatever JSON a dataset gave (``3`` -> ``"3"``)."""
+    items = answers if isinstance(answers, list) else [answers]
+    return [a if isinstance(a, str) else json.dumps(a) for a in items]
 
 
 def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -216,7 +241,7 @@ def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[
     scored = [r for r in records if not r.get("error") and r.get("answers")]
     if not scored:
         return None
-    score, values = _score(factory(), [r["prediction"] or "" for r in scored], [r["answers"] for r in scored])
+    score, values = _score(factory(), [str(r["prediction"] or "") for r in scored], [references(r["answers"]) for r in scored])
     by_type = _breakdown(factory, scored, "type")
     by_size = _breakdown(factory, scored, "size_bucket")
     result = {"metric": metric, "score": score, "scored": len(scored), "errors": sum(1 for r in records if r.get("error"))}

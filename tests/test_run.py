@@ -92,3 +92,10 @@ def test_local_checkpoint_folder_loads_like_the_registered_model(tmp_path):
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert (a == b).all()
     assert loaded_proc.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
+def test_references_of_any_json_become_text():
+    from mllm_refine.run import references
+
+    assert references(["a", 3, 2.5, True, None]) == ["a", "3", "2.5", "true", "null"]
+    assert references(7) == ["7"]

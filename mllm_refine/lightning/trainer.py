@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -50,11 +51,34 @@ def trainer_config(raw: dict[str, Any], source: str) -> TrainerConfig:
     return cfg
 
 
+_OBSERVER = "lightning.fabric.strategies.launchers.subprocess_script"
+
+
+class _PeerDied(logging.Handler):
+    """Lightning's launcher watches its DDP ranks; when one dies it logs that (at info level) and
+    kills every process with SIGKILL, the launcher too. This turns its note into the run's one line,
+    the last thing the job prints."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "terminated with code" in text:
+            match = re.search(r"\[rank: (\d+)\].*PID (\d+) terminated with code (-?\d+)", text)
+            who = f"rank {match.group(1)} (pid {match.group(2)}) ended with code {match.group(3)}" if match else text
+            sys.stderr.write(f"mllm-refine: error: DDP {who}; every rank is being stopped (exit 137), "
+                             "what was written is kept, rerun to resume\n")  # fmt: skip
+            sys.stderr.flush()
+
+
 def quiet_lightning() -> None:
     """Lightning's start-up notes and its hint about DataLoader workers would bury the CLI's
-    own output; real warnings still show."""
+    own output; real warnings still show, and a DDP rank's death is one line (``_PeerDied``)."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    observer = logging.getLogger(_OBSERVER)
+    if not any(isinstance(h, _PeerDied) for h in observer.handlers):
+        observer.addHandler(_PeerDied(logging.INFO))
+    observer.setLevel(logging.INFO)
+    observer.propagate = False
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Consider setting `persistent_workers=True`.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import IO, Any, Sequence
 
@@ -25,8 +26,12 @@ class ShardWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.file: IO[str] | None = None
+        self.launcher: int | None = None  # the launching process of a child rank
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A rank the launcher started on this node is its child: when the launcher is gone (killed,
+        # its lock released), the rank must not go on writing beside a rerun.
+        self.launcher = os.getppid() if trainer.global_rank > 0 and trainer.local_rank > 0 else None
         path = shard_path(self.output, trainer.global_rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(path)
@@ -43,6 +48,11 @@ class ShardWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         assert self.file is not None
+        if self.launcher is not None and os.getppid() != self.launcher:
+            sys.stderr.write(f"mllm-refine: rank {trainer.global_rank}: its launcher (pid {self.launcher}) is gone; "
+                             "stopping without writing this batch\n")  # fmt: skip
+            sys.stderr.flush()
+            os._exit(1)  # no cleanup that could write: the batch is simply decoded again by a rerun
         start = self.file.tell()
         try:
             self.file.write("".join(record_line(r) for r in prediction))

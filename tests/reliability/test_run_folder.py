@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,24 @@ from mllm_refine.lightning.identity import differences, fingerprint
 from mllm_refine.lightning.lock import FolderLock
 
 RECIPE = "model: {{path: tiny-llava}}\ndata: {{name: manifest, path: {path}}}\ndecode: {{max_new_tokens: {n}, batch_size: 1}}\n"
+
+
+SHAPES = "model: {path: tiny-llava}\ndata: {name: shapes, n: 80}\ndecode: {max_new_tokens: 4, batch_size: 2}\n"
+DDP = "trainer: {accelerator: cpu, devices: 2, strategy: ddp}\n"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(recipe, out) -> list[str]:
+    return [sys.executable, "-m", "mllm_refine.cli", "run", str(recipe), "--threads", "1", "-o", str(out)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> bytes:
+    """``predictions.jsonl`` of one uninterrupted 1-process run of ``SHAPES``."""
+    root = tmp_path_factory.mktemp("whole")
+    (root / "r.yaml").write_text(SHAPES)
+    assert subprocess.run(_cli(root / "r.yaml", root / "run"), capture_output=True, env=ENV).returncode == 0
+    return (root / "run" / "predictions.jsonl").read_bytes()
 
 
 def _err(capsys) -> str:
@@ -116,26 +135,23 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, good_manifest, h
     FolderLock(out).acquire().release()  # the OS released the dead holder's lock
 
 
-def test_sigterm_stops_after_the_batch_and_a_rerun_completes(tmp_path, helpers):
-    recipe = helpers["recipe"](tmp_path / "r.yaml", "model: {path: tiny-llava}\ndata: {name: shapes, n: 120}\n"
-                               "decode: {max_new_tokens: 4, batch_size: 2}\n")  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mllm_refine.cli", "run", str(recipe), "--threads", "1"]
-    run = subprocess.Popen([*cmd, "-o", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True, env=env)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_stops_after_the_batch_and_a_rerun_completes(signum, tmp_path, helpers, uninterrupted):
+    recipe = helpers["recipe"](tmp_path / "r.yaml", SHAPES)
+    run = subprocess.Popen(_cli(recipe, tmp_path / "run"), stderr=subprocess.PIPE, text=True, env=ENV)
     shard = tmp_path / "run" / "shards" / "rank-00000.jsonl"
     deadline = time.time() + 120
     while not (shard.exists() and shard.stat().st_size) and time.time() < deadline:
-        time.sleep(0.2)
-    run.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+    run.send_signal(signum)
     _, err = run.communicate(timeout=120)
-    assert run.returncode == 143, err[-2000:]
+    assert run.returncode == 128 + signum, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("mllm-refine: r: stopped by SIGTERM after ") and line.endswith(" of 120 samples; rerun to resume"), line
+    assert line.startswith(f"mllm-refine: r: stopped by {signal.Signals(signum).name} after ") and line.endswith(" of 80 samples; rerun to resume"), line
     done = int(line.split(" after ")[1].split()[0])
-    assert 0 < done < 120 and len(shard.read_text().splitlines()) == done
-    assert subprocess.run([*cmd, "-o", str(tmp_path / "run")], capture_output=True, env=env).returncode == 0
-    assert subprocess.run([*cmd, "-o", str(tmp_path / "whole")], capture_output=True, env=env).returncode == 0
-    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == (tmp_path / "whole" / "predictions.jsonl").read_bytes()
+    assert 0 < done < 80 and len(shard.read_text().splitlines()) == done
+    assert subprocess.run(_cli(recipe, tmp_path / "run"), capture_output=True, env=ENV).returncode == 0
+    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == uninterrupted
 
 
 @pytest.mark.parametrize("rows", [[], [b"", b"  "]])
@@ -164,25 +180,50 @@ def test_a_question_the_tokenizer_refuses_fails_that_sample_only(tmp_path, good_
     assert records["g0"]["error"] is None and records["g2"]["error"] is None
 
 
-def test_sigterm_under_two_ddp_ranks_then_a_rerun_equals_one_process(tmp_path, helpers):
+def test_sigterm_under_two_ddp_ranks_then_a_rerun_equals_one_process(tmp_path, helpers, uninterrupted):
     """A scheduler's preemption signals the job's process group: each rank stops after its batch,
     rank 0 reports once, and the rerun completes byte-identical to an uninterrupted 1-process run."""
-    recipe = helpers["recipe"](tmp_path / "r.yaml", "model: {path: tiny-llava}\ndata: {name: shapes, n: 160}\n"
-                               "decode: {max_new_tokens: 4, batch_size: 2}\n"
-                               "trainer: {accelerator: cpu, devices: 2, strategy: ddp}\n")  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mllm_refine.cli", "run", str(recipe), "--threads", "1"]
-    run = subprocess.Popen([*cmd, "-o", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    recipe = helpers["recipe"](tmp_path / "r.yaml", SHAPES + DDP)
+    run = subprocess.Popen(_cli(recipe, tmp_path / "run"), stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
     shards = tmp_path / "run" / "shards"
     deadline = time.time() + 240
     while len([p for p in shards.glob("rank-*.jsonl") if p.stat().st_size]) < 2 and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(run.pid, signal.SIGTERM)
     _, err = run.communicate(timeout=240)
     assert run.returncode == 143, err[-2000:]
     stopped = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
-    assert len(stopped) == 1 and stopped[0].endswith(" of 160 samples; rerun to resume"), err[-2000:]
-    assert subprocess.run([*cmd, "-o", str(tmp_path / "run")], capture_output=True, env=env).returncode == 0
-    one = [*cmd, "-o", str(tmp_path / "one"), "trainer.devices=1", "trainer.strategy=auto"]
-    assert subprocess.run(one, capture_output=True, env=env).returncode == 0
-    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == (tmp_path / "one" / "predictions.jsonl").read_bytes()
+    assert len(stopped) == 1 and stopped[0].endswith(" of 80 samples; rerun to resume"), err[-2000:]
+    assert subprocess.run(_cli(recipe, tmp_path / "run"), capture_output=True, env=ENV).returncode == 0
+    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == uninterrupted
+
+
+@pytest.mark.parametrize("victim", ["rank 1", "launcher"])
+def test_sigkill_of_either_ddp_rank_then_a_rerun_equals_one_process(victim, tmp_path, helpers, uninterrupted):
+    """SIGKILL of rank 1 stops every rank with one line; SIGKILL of the launcher (rank 0) leaves
+    rank 1 an orphan, which stops before its next write. An immediate rerun then ends with every
+    id once, byte-identical to an uninterrupted 1-process run."""
+    recipe = helpers["recipe"](tmp_path / "r.yaml", SHAPES + DDP)
+    cmd = _cli(recipe, tmp_path / "run")
+    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV)
+    shard = tmp_path / "run" / "shards" / "rank-00001.jsonl"
+    deadline = time.time() + 240
+    while not (shard.exists() and shard.stat().st_size) and time.time() < deadline:
+        time.sleep(0.1)
+    (child,) = [int(p) for p in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()]
+    os.kill(child if victim == "rank 1" else run.pid, signal.SIGKILL)
+    _, err = run.communicate(timeout=240)
+    if victim == "rank 1":
+        # rank 0 learns it from a collective (one line, exit 1) or from Lightning's watch of its
+        # ranks (one line, then SIGKILL for every process), whichever comes first
+        last = err.strip().splitlines()[-1]
+        assert (run.returncode, last[:40]) in ((1, "mllm-refine: error: a DDP rank stopped ("),
+                                               (-signal.SIGKILL, f"mllm-refine: error: DDP rank 1 (pid {child})"[:40])), err[-2000:]  # fmt: skip
+        assert "Traceback" not in err
+    else:
+        deadline = time.time() + 120
+        while Path(f"/proc/{child}").exists() and time.time() < deadline:  # the orphan stops at its next batch
+            time.sleep(0.2)
+        assert not Path(f"/proc/{child}").exists()
+    assert subprocess.run(cmd, capture_output=True, env=ENV).returncode == 0
+    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == uninterrupted
