@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from mllm_refine.adapters import adapter_for
+from mllm_refine.data.manifest import MAX_PIXELS, open_image
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.decoder import Decoder, Prediction
@@ -46,25 +47,18 @@ def override_texts(overrides: Mapping[str, Any]) -> list[str]:
     return texts
 
 
-def _image(value: Any, where: str) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, (str, Path)):
-        try:
-            with Image.open(value) as im:
-                return im.convert("RGB")
-        except OSError as e:
-            raise ValueError(f"{where}: cannot read image {str(value)!r}: {e}") from e
-    raise TypeError(f"{where}: expected a PIL image or an image path, got {type(value).__name__}")
-
-
-def images_of(value: Any, where: str) -> list[Image.Image]:
-    """One prompt's images: none, one, or a list of them."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [_image(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return [_image(value, where)]
+def images_of(value: Any, sid: str) -> list[Image.Image]:
+    """One prompt's images (none, one, or a list of them) as PIL images; a path is read as a
+    manifest's image is (``open_image``: RGB, pixel limit), errors naming the sample ``sid``."""
+    items = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            item = open_image(Path(item), str(item), sid, MAX_PIXELS)
+        elif not isinstance(item, Image.Image):
+            raise TypeError(f"sample {sid!r}: image: expected a PIL image or an image path, got {type(item).__name__}")
+        out.append(item)
+    return out
 
 
 def samples_from(
@@ -89,8 +83,14 @@ def samples_from(
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"text[{i}]: expected a string, got {type(t).__name__}")
-    return [Sample(id=i, question=t, images=images_of(im, f"images[{n}]"))
-            for n, (i, t, im) in enumerate(zip(ids, texts, per_prompt))]  # fmt: skip
+    return [Sample(id=i, question=t, images=images_of(im, i)) for i, t, im in zip(ids, texts, per_prompt)]
+
+
+def _batch(call: str, text: Any, images: Any, samples: Sequence[Sample] | None, ids: Sequence[str] | None) -> list[Sample]:
+    """The samples a call is about: given as ``samples``, or built from ``text`` and ``images``."""
+    if (samples is None) == (text is None):
+        raise TypeError(f"{call}: give text (with images) or samples, not both")
+    return list(samples) if samples is not None else samples_from(text, images, ids)
 
 
 class Refiner:
@@ -146,9 +146,7 @@ class Refiner:
         part chose, e.g. ``choices["layer"]`` per answer token). ``decode`` overrides decode
         settings for this call only (``max_new_tokens``, ``do_sample``, ``stop``, ``seed``, ...).
         A sample's id seeds its sampling stream, so the same id draws the same answer."""
-        if (samples is None) == (text is None):
-            raise TypeError("generate: give text (with images) or samples, not both")
-        batch = list(samples) if samples is not None else samples_from(text, images, ids)
+        batch = _batch("generate", text, images, samples, ids)
         config = self._config(decode)
         base, self.decoder.config = self.decoder.config, config
         try:
@@ -169,9 +167,7 @@ class Refiner:
         """Per question, the summed log-probability of its continuation (the answer text) under
         the recipe's refined logits, teacher-forced through the same parts, and whether greedy
         decoding would give it: lm-eval's ``loglikelihood``."""
-        if (samples is None) == (text is None):
-            raise TypeError("loglikelihood: give text (with images) or samples, not both")
-        batch = list(samples) if samples is not None else samples_from(text, images, ids)
+        batch = _batch("loglikelihood", text, images, samples, ids)
         if isinstance(continuations, str) or len(continuations) != len(batch):
             raise ValueError(f"continuations: expected a list with one text per question ({len(batch)})")
         n = self.decoder.config.batch_size

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from mllm_refine.data.sample import answer_texts
 from mllm_refine.lightning.data import RecipeData, build_dataset
 from mllm_refine.lightning.identity import check_fingerprint, fingerprint, has_records, sample_digests, set_aside, write_fingerprint
 from mllm_refine.lightning.lock import FolderLock
@@ -220,16 +221,14 @@ def _breakdown(factory: Any, scored: list[dict[str, Any]], key: str) -> dict[str
             groups.setdefault(str(value), []).append(r)
     order = ordered_buckets(set(groups)) if key == "size_bucket" else sorted(groups)
     return {
-        g: {"score": _score(factory(), [str(r["prediction"] or "") for r in groups[g]], [references(r["answers"]) for r in groups[g]])[0],
-            "n": len(groups[g])}
+        g: {"score": _score_records(factory, groups[g])[0], "n": len(groups[g])}
         for g in order
     }  # fmt: skip
 
 
-def references(answers: Any) -> list[str]:
-    """A record's reference answers as text, whatever JSON a dataset gave (``3`` -> ``"3"``)."""
-    items = answers if isinstance(answers, list) else [answers]
-    return [a if isinstance(a, str) else json.dumps(a) for a in items]
+def _score_records(factory: Any, records: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
+    """A fresh metric of ``factory`` over the records' predictions and reference answers."""
+    return _score(factory(), [str(r["prediction"] or "") for r in records], [answer_texts(r["answers"]) for r in records])
 
 
 def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -241,7 +240,7 @@ def write_scores(out: Path, metric: str, records: list[dict[str, Any]]) -> dict[
     scored = [r for r in records if not r.get("error") and r.get("answers")]
     if not scored:
         return None
-    score, values = _score(factory(), [str(r["prediction"] or "") for r in scored], [references(r["answers"]) for r in scored])
+    score, values = _score_records(factory, scored)
     by_type = _breakdown(factory, scored, "type")
     by_size = _breakdown(factory, scored, "size_bucket")
     result = {"metric": metric, "score": score, "scored": len(scored), "errors": sum(1 for r in records if r.get("error"))}

@@ -95,7 +95,7 @@ def test_local_checkpoint_folder_loads_like_the_registered_model(tmp_path):
 
 
 def test_references_of_any_json_become_text():
-    from mllm_refine.run import references
+    from mllm_refine.data.sample import answer_texts
 
-    assert references(["a", 3, 2.5, True, None]) == ["a", "3", "2.5", "true", "null"]
-    assert references(7) == ["7"]
+    assert answer_texts(["a", 3, 2.5, True, None]) == ["a", "3", "2.5", "true", "null"]
+    assert answer_texts(7) == ["7"]

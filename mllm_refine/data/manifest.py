@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mllm_refine.data.sample import Sample
+from mllm_refine.data.sample import Sample, answer_texts
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark some editors write first
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's default bomb limit
@@ -192,8 +192,7 @@ class Manifest:
         images = [open_image(self._image_path(p, sid), str(p), sid, self.max_pixels) for p in paths]
         answers = record.pop("answers", None)
         if answers is not None:
-            # any JSON scalar is an answer's text: 1 -> "1", true -> "true"
-            answers = [a if isinstance(a, str) else json.dumps(a) for a in (answers if isinstance(answers, list) else [answers])]
+            answers = answer_texts(answers)
         for name, text in (("question", question), *((f"answers[{i}]", a) for i, a in enumerate(answers or []))):
             _check_text(text, f"sample {sid!r}: {name}")
         return Sample(id=sid, question=question, images=images, answers=answers, meta=record)

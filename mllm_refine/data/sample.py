@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,3 +16,10 @@ class Sample:
     images: list[Image.Image]
     answers: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_texts(answers: Any) -> list[str]:
+    """Reference answers as text, whatever JSON gave them: one or a list, ``3`` -> ``"3"``,
+    ``true`` -> ``"true"``."""
+    items = answers if isinstance(answers, list) else [answers]
+    return [a if isinstance(a, str) else json.dumps(a) for a in items]

@@ -8,7 +8,7 @@ the residual stream at the last position of the requested layers, ``(B, D)`` eac
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -282,9 +282,7 @@ class Capture:
         needs = self.needs
         layers = sorted(set(self.filters) | needs.attention | needs.prefill_rows | needs.scores | set(self._question_backs))
         handles = []
-        stack = ExitStack()
         try:
-            stack.enter_context(refine_attention_on(adapter))
             for layer in layers:
                 setattr(adapter.attention_module(layer), _CAPTURE_ATTR, self)
             for layer in sorted(self.needs.hidden):
@@ -299,9 +297,9 @@ class Capture:
                             lambda m, a, k, o, h=hook: h(m, a, k, o), with_kwargs=True
                         )
                     )
-            yield self
+            with refine_attention_on(adapter):
+                yield self
         finally:
-            stack.close()
             for handle in handles:
                 handle.remove()
             for layer in layers:

@@ -13,15 +13,14 @@ import torch
 
 
 class TeacherForcing:
+    """Per row, a non-empty continuation of token ids; ``fill`` pads the shorter ones."""
+
     def __init__(self, continuations: list[list[int]], fill: int, device: torch.device) -> None:
-        if any(not c for c in continuations):
-            raise ValueError("teacher forcing: a continuation has no tokens")
         N = max(len(c) for c in continuations)
         self.length = torch.tensor([len(c) for c in continuations], device=device)  # (B,)
         self.targets = torch.tensor([c + [fill] * (N - len(c)) for c in continuations], device=device)  # (B, N)
         self.logprob = torch.zeros(len(continuations), dtype=torch.float64, device=device)  # (B,)
         self.greedy = torch.ones(len(continuations), dtype=torch.bool, device=device)  # (B,)
-        self.steps = N
 
     def __call__(self, step: int, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (B, V): the step's refined logits. Returns logits that keep only each row's

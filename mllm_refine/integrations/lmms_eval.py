@@ -120,9 +120,10 @@ class RefinedLMM(lmms):
 
         doc = self.task_dict[task][split][doc_id]
         visuals = doc_to_visual(doc) if doc_to_visual is not None else []
+        sid = f"{task}/{split}/{doc_id}"
         if any(isinstance(v, str) for v in visuals or []):
-            raise ValueError(f"{task}/{split}/{doc_id}: video inputs are not supported; only images")
-        return Sample(id=f"{task}/{split}/{doc_id}", question=context, images=images_of(list(visuals or []), f"{task} doc {doc_id}"))
+            raise ValueError(f"{sid}: video inputs are not supported; only images")
+        return Sample(id=sid, question=context, images=images_of(list(visuals or []), sid))
 
     def generate_until(self, requests: list) -> list[str]:
         """Answers in request order; requests sharing generation settings share batches."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from mllm_refine.lightning.shards import write_file
 
 FINGERPRINT = "fingerprint.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -40,16 +41,12 @@ def model_identity(model: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+def token_versions() -> dict[str, str | None]:
+    """The versions that can change a token: mllm-refine, torch and transformers."""
+    from mllm_refine.lightning.provenance import versions
 
-    out = {}
-    for name in ("mllm-refine", "torch", "transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
+    found = versions()
+    return {name: found[name] for name in ("mllm-refine", "torch", "transformers")}
 
 
 def sample_digests(dataset: Any, ids: list[str]) -> dict[str, str] | None:
@@ -76,7 +73,7 @@ def fingerprint(
     for key in count_params:
         (recipe.get("data") or {}).pop(key, None)
     recipe["model"] = model_identity(recipe.get("model") or {})
-    out: dict[str, Any] = {"recipe": recipe, "versions": versions()}
+    out: dict[str, Any] = {"recipe": recipe, "versions": token_versions()}
     if samples is not None:
         out["samples"] = samples
     return out
@@ -140,9 +137,7 @@ def write_fingerprint(out: Path, current: dict[str, Any]) -> None:
         except (OSError, ValueError):
             kept = {}
         current = {**current, "samples": {**kept, **current["samples"]}}
-    tmp = out / (FINGERPRINT + ".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out / FINGERPRINT)
+    write_file(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
 
 
 def set_aside(out: Path) -> Path | None:

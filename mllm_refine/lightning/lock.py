@@ -44,9 +44,3 @@ class FolderLock:
         if self.file is not None:
             self.file.close()  # closing the descriptor drops the lock
             self.file = None
-
-    def __enter__(self) -> "FolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
