@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from mllm_refine.adapters.base import ModelAdapter
-from mllm_refine.compat import CACHE_KWARG
+from mllm_refine.compat import cache_kwarg
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import Parts
@@ -284,11 +284,11 @@ def reference_generate(
                 sequence = torch.cat([ids, torch.tensor([new], dtype=ids.dtype, device=device)], dim=1)  # (1, T)
                 mask = torch.ones_like(sequence)
                 if use_cache and past is not None:
-                    kwargs = {"input_ids": sequence[:, -1:], "attention_mask": mask, CACHE_KWARG: past}
+                    kwargs = {"input_ids": sequence[:, -1:], "attention_mask": mask, cache_kwarg(): past}
                 else:
                     kwargs = dict(inputs, input_ids=sequence, attention_mask=mask)
                 out = model(**kwargs, use_cache=use_cache, output_attentions=True, output_hidden_states=True)
-                past = out[CACHE_KWARG] if use_cache else None
+                past = out[cache_kwarg()] if use_cache else None
                 final = out.logits[0, -1].float()  # (V,)
                 o = Outputs(final, out.attentions, out.hidden_states, image_pos, adapter)
                 logits = _post(method(o), final, sequence[0], suppress, config.repetition_penalty)

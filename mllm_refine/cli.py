@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -246,6 +247,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (RecipeError, ModelLoadError, PluginError, FileNotFoundError, ValueError) as e:
         print(f"mllm-refine: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mllm-refine plugins | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is quiet
+        return 1
     except OSError as e:  # e.g. the shard writer's disk-full error; what was written is kept
         print(f"mllm-refine: error: {e}", file=sys.stderr)
         return 1

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from transformers.generation import utils as _generation
+from functools import cache
 
-# The KV cache's keyword in ``forward``, model outputs and generation kwargs: ``past_key_values``
-# until transformers 5.24 renamed it ``cache`` (the old name warns, then goes in 5.40).
-CACHE_KWARG = "cache" if "cache" in getattr(_generation, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
-__all__ = ["CACHE_KWARG"]
+@cache
+def cache_kwarg() -> str:
+    """The KV cache's keyword in ``forward``, model outputs and generation kwargs: ``past_key_values``
+    until transformers 5.24 renamed it ``cache`` (the old name warns, then goes in 5.40)."""
+    from transformers.generation import utils
+
+    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
+__all__ = ["cache_kwarg"]

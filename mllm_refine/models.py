@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from mllm_refine.lazy import torch
 
-import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ModelLoadError(ValueError):
@@ -38,7 +38,7 @@ def check_remote_code(model: dict[str, Any], source: str) -> None:
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ModelLoadError(f"model.dtype: {name!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return getattr(torch, name)
 
 
 def check_model_path(path: str) -> None:

@@ -60,7 +60,7 @@ def metric_name(recipe: Recipe, dataset: Any) -> str:
         raise RecipeError(
             f"{recipe.source}: metric: unknown metric {name!r}{suggest(str(name), names)}; choices: {', '.join(names)}"
         )
-    if getattr(get_registry().get("metric", name).obj, "scores_maps", False):
+    if getattr(get_registry().get("metric", name).obj(), "scores_maps", False):  # a factory: build one to ask
         raise RecipeError(
             f"{recipe.source}: metric: {name!r} scores importance maps, not answers; runs report it in scores.json's "
             "localisation whenever the recipe writes a map and the samples carry a target box"

@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-
 from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch
 from mllm_refine_plugins.dualpd import hellinger
 
 LLAVA_DEPTH = 32

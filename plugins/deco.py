@@ -33,11 +33,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-import torch
-
 from mllm_refine.components import LayerSelector, LogitCombiner, ModelInfo, Needs, resolve_layers
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch
 
 STATE_KEY = "deco_anchor"  # view.state entry the anchor writes each step
 

@@ -25,12 +25,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-import torch
-import torch.nn.functional as F
-
 from mllm_refine.components import LayerSelector, LogitCombiner, ModelInfo, Needs, resolve_layers
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import F, torch
 
 
 def dola_buckets(num_layers: int, bucket: str, tied_embeddings: bool) -> list[int]:

@@ -22,11 +22,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-import torch
-
 from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, resolve_layers
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch
 
 
 def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-import torch
-
 from mllm_refine.components import LogitCombiner, ModelInfo
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch
 
 
 def plausible(logits: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -34,14 +34,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-import torch
-
 from mllm_refine.components import AttentionRow, HeadFilter, LogitCombiner, ModelInfo, Needs, resolve_layers
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.branches import image_free
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch
 
 BRANCH = "image_free"
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from torch import nn
-
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.adapters.llava import LlavaAdapter
 from mllm_refine.adapters.llava_next import LlavaNextAdapter
 from mllm_refine.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import nn
 
 BUILTIN_ADAPTERS: list[type[ModelAdapter]] = [
     LlavaAdapter,

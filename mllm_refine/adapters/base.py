@@ -5,14 +5,14 @@ Methods never name a model class; they talk to the adapter.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
-
-import torch
-from torch import nn
-from transformers import BatchFeature
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from mllm_refine.components.base import ModelInfo
 from mllm_refine.data.sample import Sample
+from mllm_refine.lazy import nn, torch
+
+if TYPE_CHECKING:
+    from transformers import BatchFeature
 
 
 class ModelAdapter:

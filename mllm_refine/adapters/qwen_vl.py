@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
-
 from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.lazy import torch
 
 
 class Qwen2VLAdapter(ModelAdapter):

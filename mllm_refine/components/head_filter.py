@@ -6,9 +6,8 @@ from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-
 from mllm_refine.components.base import Component
+from mllm_refine.lazy import torch
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from mllm_refine.components.base import Component
+from mllm_refine.lazy import torch
 
 if TYPE_CHECKING:
     from mllm_refine.engine.step_view import StepView

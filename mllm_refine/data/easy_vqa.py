@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from mllm_refine.data.sample import Sample
 
@@ -113,7 +112,7 @@ def image_labels(split: str) -> dict[int, dict[str, str]]:
     return known
 
 
-class EasyVQA(Dataset):
+class EasyVQA:
     """The easy-VQA questions of one split; ``question_types`` keeps only those answer types."""
 
     default_metric = "exact_match"
@@ -172,7 +171,7 @@ def _pope_rows(split: str, subset: str) -> list[dict[str, Any]]:
     return rows
 
 
-class EasyVQAPope(Dataset):
+class EasyVQAPope:
     """POPE-style yes/no object probing on easy-VQA images (see the module docstring)."""
 
     default_metric = "pope"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from mllm_refine.data.manifest import SampleError, to_rgb
 from mllm_refine.data.sample import Sample
@@ -59,7 +58,7 @@ class Row:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class Rows(Dataset):
+class Rows:
     """Questions held in memory; images are opened only when a sample is read."""
 
     default_metric = "exact_match"

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 from mllm_refine.data.easy_vqa import COLOURS, SHAPES, _check_split, answer_type, image_labels, load_image
 from mllm_refine.data.sample import Sample
@@ -188,21 +187,49 @@ def make_scene(split: str, index: int, seed: int = 0, canvas: int = CANVAS, prio
     return Scene(split, index, canvas, cuts[0].background, objects)
 
 
+def placed_alpha(scene: Scene, obj: SceneObject) -> Image.Image:
+    """``obj``'s alpha resized to its box, as ``render`` pastes it: an 8-bit ``(h, w)`` image."""
+    cut = cutout(scene.split, obj.image_id)
+    x0, y0, x1, y1 = obj.box
+    w, h = x1 - x0, y1 - y0
+    grow = w / cut.alpha.shape[1]
+    resample = Image.BICUBIC if grow > 1 else Image.BILINEAR
+    alpha = Image.fromarray(np.round(cut.alpha * 255).astype(np.uint8)).resize((w, h), resample)
+    if grow > 1:  # upscaled edges blur over `grow` px: steepen them back to about one
+        a = np.asarray(alpha, dtype=np.float64) / 255
+        alpha = Image.fromarray(np.round(np.clip((a - 0.5) * grow + 0.5, 0, 1) * 255).astype(np.uint8))
+    return alpha
+
+
 def render(scene: Scene) -> Image.Image:
     """The scene's RGB image: each cut-out resized to its box and pasted with its alpha."""
     image = Image.new("RGB", (scene.canvas, scene.canvas), scene.background)
     for obj in scene.objects:
-        cut = cutout(scene.split, obj.image_id)
         x0, y0, x1, y1 = obj.box
-        w, h = x1 - x0, y1 - y0
-        grow = w / cut.alpha.shape[1]
-        resample = Image.BICUBIC if grow > 1 else Image.BILINEAR
-        alpha = Image.fromarray(np.round(cut.alpha * 255).astype(np.uint8)).resize((w, h), resample)
-        if grow > 1:  # upscaled edges blur over `grow` px: steepen them back to about one
-            a = np.asarray(alpha, dtype=np.float64) / 255
-            alpha = Image.fromarray(np.round(np.clip((a - 0.5) * grow + 0.5, 0, 1) * 255).astype(np.uint8))
-        image.paste(Image.new("RGB", (w, h), cut.fill), (x0, y0), alpha)
+        image.paste(Image.new("RGB", (x1 - x0, y1 - y0), cutout(scene.split, obj.image_id).fill), (x0, y0), placed_alpha(scene, obj))
     return image
+
+
+def cell_labels(scene: Scene, grid: int, min_cell: float = 0.15, min_object: float = 0.4) -> np.ndarray:
+    """``(grid, grid)`` index of the object each cell of a ``grid x grid`` partition shows, -1 for
+    background. A cell shows the object with the most alpha in it when that covers ``min_cell``
+    of the cell, or holds ``min_object`` of the object's own alpha (so an object smaller than a
+    cell still names the cell it mostly sits in)."""
+    mass = np.zeros((len(scene.objects), grid, grid))  # (K, G, G) alpha summed per cell
+    edges = np.linspace(0, scene.canvas, grid + 1)
+    for k, obj in enumerate(scene.objects):
+        full = np.zeros((scene.canvas, scene.canvas))  # (H, W)
+        x0, y0, x1, y1 = obj.box
+        full[y0:y1, x0:x1] = np.asarray(placed_alpha(scene, obj), dtype=np.float64) / 255
+        rows = np.add.reduceat(full, edges[:-1].astype(int), axis=0)  # (G, W)
+        mass[k] = np.add.reduceat(rows, edges[:-1].astype(int), axis=1)  # (G, G)
+    cell_area = (scene.canvas / grid) ** 2
+    share_of_object = mass / np.maximum(mass.sum(axis=(1, 2), keepdims=True), 1e-9)  # (K, G, G)
+    best = mass.argmax(0)  # (G, G)
+    best_mass = np.take_along_axis(mass, best[None], 0)[0]
+    best_share = np.take_along_axis(share_of_object, best[None], 0)[0]
+    shown = (best_mass >= min_cell * cell_area) | (best_share >= min_object)
+    return np.where(shown, best, -1)
 
 
 def check_params(where: str, split: str, n: int | None, seed: int, canvas: int, prior: float | None) -> None:
@@ -352,7 +379,7 @@ def rendered(scene: Scene) -> Image.Image:
     return render(scene)
 
 
-class EasyVQAScenes(Dataset):
+class EasyVQAScenes:
     """Colour, shape and yes/no questions about seeded easy-VQA scenes (docs/scenes.md).
 
     ``n`` scenes of ``split`` (default 8,000 train / 500 test, about three questions each);

@@ -20,7 +20,6 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
-from torch.utils.data import Dataset
 
 from mllm_refine.data.easy_vqa import COLOURS, POPE_SUBSETS, SHAPES
 from mllm_refine.data.sample import Sample
@@ -83,7 +82,7 @@ def pope_rows(scene: Scene, subset: str, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-class EasyVQAScenesPope(Dataset):
+class EasyVQAScenesPope:
     """POPE-style yes/no probing on easy-VQA scenes (see the module docstring)."""
 
     default_metric = "pope"

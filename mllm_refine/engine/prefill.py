@@ -16,12 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-import torch
-from torch import nn
-
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, refine_attention_on, row_output, row_scores
+from mllm_refine.lazy import nn, torch
 
 
 def forward_kwargs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:

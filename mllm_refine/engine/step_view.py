@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from mllm_refine.adapters.base import ModelAdapter
+from mllm_refine.lazy import torch
 
 if TYPE_CHECKING:  # the capture machinery imports transformers' attention code: not needed to read a view
     from mllm_refine.engine.capture import Capture

@@ -26,8 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator, Sequence
 
-import torch
-
+from mllm_refine.lazy import torch
 from mllm_refine.metrics.base import StatsMetric
 
 MAP_KEYS = ("map", "importance", "importance_map", "att_map")

@@ -6,8 +6,7 @@ and it is "no" when a word is "no" or "not", else "yes" (compared lowercased her
 
 from __future__ import annotations
 
-import torch
-
+from mllm_refine.lazy import torch
 from mllm_refine.metrics.base import StatsMetric
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import CLIPVisionConfig
+from mllm_refine.lazy import transformers
 
 # Large init keeps logit gaps wide, so greedy choices are stable under float reordering.
 INIT_RANGE = 0.2
@@ -30,9 +30,9 @@ def text_config(vocab_size: int, pad_id: int, **overrides: Any) -> dict[str, Any
     return cfg
 
 
-def clip_vision_config() -> CLIPVisionConfig:
+def clip_vision_config() -> transformers.CLIPVisionConfig:
     """CLIP ViT at 32 px with patch 8: a 4 x 4 patch grid (plus CLS)."""
-    return CLIPVisionConfig(
+    return transformers.CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

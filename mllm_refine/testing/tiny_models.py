@@ -8,19 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
-from transformers import (
-    CLIPImageProcessorPil,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextImageProcessorPil,
-    LlavaNextProcessor,
-    LlavaProcessor,
-)
-
+from mllm_refine.lazy import torch, transformers
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.testing.tiny_common import INIT_RANGE, clip_vision_config, text_config
 from mllm_refine.testing.tiny_qwen import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
@@ -38,25 +26,25 @@ LLAVA_TEMPLATE = (
 NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 
-def tiny_llava(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, Any]:
+def tiny_llava(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[transformers.LlavaForConditionalGeneration, Any]:
     """LLaVA-1.5 layout: CLIP ViT (32 px, patch 8 -> 16 image tokens), MLP projector, Llama."""
     tok = tiny_tokenizer(["<image>"])
-    config = LlavaConfig(
+    config = transformers.LlavaConfig(
         vision_config=clip_vision_config().to_dict(),
-        text_config=LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
+        text_config=transformers.LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(dtype).eval()
+    model = transformers.LlavaForConditionalGeneration(config).to(dtype or torch.float32).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    image_processor = CLIPImageProcessorPil(
+    image_processor = transformers.CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
     )
-    processor = LlavaProcessor(
+    processor = transformers.LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=8,
@@ -67,15 +55,15 @@ def tiny_llava(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[Llava
     return model, processor
 
 
-def tiny_llava_next(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[LlavaNextForConditionalGeneration, Any]:
+def tiny_llava_next(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[transformers.LlavaNextForConditionalGeneration, Any]:
     """LLaVA-NeXT layout: LLaVA's towers plus anyres tiles of 32 px (up to 2 x 2) and image_newline.
 
     An image gives a 4 x 4 base grid plus its unpadded tiles and newlines: 36..88 image tokens.
     """
     tok = tiny_tokenizer(["<image>"])
-    config = LlavaNextConfig(
+    config = transformers.LlavaNextConfig(
         vision_config=clip_vision_config().to_dict(),
-        text_config=LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
+        text_config=transformers.LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=NEXT_PINPOINTS,
         vision_feature_layer=-1,
@@ -83,13 +71,13 @@ def tiny_llava_next(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[
         projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).to(dtype).eval()
+    model = transformers.LlavaNextForConditionalGeneration(config).to(dtype or torch.float32).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    image_processor = LlavaNextImageProcessorPil(
+    image_processor = transformers.LlavaNextImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=NEXT_PINPOINTS
     )
-    processor = LlavaNextProcessor(
+    processor = transformers.LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=8,

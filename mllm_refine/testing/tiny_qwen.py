@@ -9,20 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLProcessor,
-)
-
+from mllm_refine.lazy import torch, transformers
 from mllm_refine.processors import image_only_class
 from mllm_refine.testing.tiny_common import INIT_RANGE, text_config
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer
@@ -41,7 +28,7 @@ PATCH, MERGE = 8, 2
 
 
 def _qwen(
-    classes: tuple[type, type, type], vision: dict[str, Any], text: dict[str, Any], seed: int, dtype: torch.dtype
+    classes: tuple[type, type, type], vision: dict[str, Any], text: dict[str, Any], seed: int, dtype: torch.dtype | None
 ) -> tuple[Any, Any]:
     """Build ``(model, processor)`` from ``(config, model, processor)`` classes and family sizes."""
     config_class, model_class, processor_class = classes
@@ -58,10 +45,10 @@ def _qwen(
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = model_class(config).to(dtype).eval()
+    model = model_class(config).to(dtype or torch.float32).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = transformers.Qwen2VLImageProcessorPil(
         min_pixels=16 * 16, max_pixels=64 * 64, patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2
     )
     # Without the video processor, which needs torchvision; images and text need only these two.
@@ -69,28 +56,28 @@ def _qwen(
     return model, processor
 
 
-def tiny_qwen2_vl(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[Qwen2VLForConditionalGeneration, Any]:
+def tiny_qwen2_vl(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[transformers.Qwen2VLForConditionalGeneration, Any]:
     """Qwen2-VL layout: 2-block ViT (32 wide) with patch merger, Qwen2 text model with mrope."""
-    classes = (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+    classes = (transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLProcessor)
     vision = dict(embed_dim=32, hidden_size=64, mlp_ratio=2)
     text = dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
     return _qwen(classes, vision, text, seed, dtype)
 
 
 def tiny_qwen2_5_vl(
-    seed: int = 0, dtype: torch.dtype = torch.float32
-) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
+    seed: int = 0, dtype: torch.dtype | None = None
+) -> tuple[transformers.Qwen2_5_VLForConditionalGeneration, Any]:
     """Qwen2.5-VL layout: windowed ViT (32 px windows = 2 x 2 merged tokens; block 2 global)."""
-    classes = (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
+    classes = (transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLProcessor)
     vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=32, fullatt_block_indexes=[1])
     text = dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
     return _qwen(classes, vision, text, seed, dtype)
 
 
-def tiny_qwen3_vl(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[Qwen3VLForConditionalGeneration, Any]:
+def tiny_qwen3_vl(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[transformers.Qwen3VLForConditionalGeneration, Any]:
     """Qwen3-VL layout: ViT with a learned 4 x 4 position grid whose blocks 1-2 feed deepstack
     features into the outputs of text blocks 1-2; Qwen3 text model with interleaved mrope."""
-    classes = (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
+    classes = (transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLProcessor)
     vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16)
     vision["deepstack_visual_indexes"] = [0, 1]
     rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)

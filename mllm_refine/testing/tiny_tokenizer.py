@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+
+from mllm_refine.lazy import transformers
 
 WORDS = (
     "a an the is are was were be there this that it its of in on at to from with and or not no yes "
@@ -18,7 +19,7 @@ WORDS = (
 ).split()
 
 
-def tiny_tokenizer(special_tokens: list[str], extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(special_tokens: list[str], extra_words: tuple[str, ...] = ()) -> transformers.PreTrainedTokenizerFast:
     """Word-level tokenizer: ``special_tokens`` first (``<pad>``, ``<s>``, ``</s>``, ``<unk>`` are
     always added), then a fixed English word list. Placeholders such as ``<image>`` stay single
     tokens because they are special."""
@@ -30,7 +31,7 @@ def tiny_tokenizer(special_tokens: list[str], extra_words: tuple[str, ...] = ())
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(
+    fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
         bos_token="<s>",

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from PIL import Image
+from mllm_refine.lazy import torch
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.prefill import PrefillPass, prefill
+from mllm_refine.lazy import F, torch
 
 
 def token_maps(p: PrefillPass, values: torch.Tensor, adapter: Any, finest: bool = True) -> list[torch.Tensor]:

@@ -23,12 +23,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-import torch.nn.functional as F
-
 from mllm_refine.components import InputRefiner, ModelInfo, resolve_layers
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.prefill import prefill
+from mllm_refine.lazy import F, torch
 from mllm_refine_plugins.contrastive_attention import (
     LLAVA_FUSION,
     LLAVA_REVIEW,

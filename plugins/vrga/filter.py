@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-import torch.nn.functional as F
-
 from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
+from mllm_refine.lazy import F, torch
 from mllm_refine_plugins.vrga.region import (
     dilate,
     edge_mask,

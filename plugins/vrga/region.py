@@ -3,9 +3,7 @@ left out of it (attention sinks), the focus tokens and the neighbours boosted wi
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from mllm_refine.lazy import F, torch
 from mllm_refine_plugins.vrga.stats import TINY
 
 MASKED = -1e9  # the score of a masked token in the focus rule, as the authors' code sets it

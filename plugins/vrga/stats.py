@@ -2,10 +2,10 @@
 (H), and the head sets they select, at prefill and at each later step."""
 
 from __future__ import annotations
+from mllm_refine.lazy import torch
 
-import torch
 
-TINY = torch.finfo(torch.float32).tiny
+TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the smallest normal float32
 
 
 def row_stats(probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

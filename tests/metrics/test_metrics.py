@@ -119,3 +119,14 @@ def test_exact_match():
     assert float(m.compute()) == pytest.approx(2 / 3)
     assert m.sample_stats(["x"], [["x"]]).tolist() == [[1.0, 1.0]]
     assert isinstance(m.compute(), torch.Tensor)
+
+
+def test_registered_summaries_are_the_classes_first_doc_lines() -> None:
+    import mllm_refine.metrics as metrics
+    from mllm_refine.plugin_manager import get_registry
+
+    for name, (cls, summary) in metrics.METRICS.items():
+        doc_line = getattr(metrics, cls).__doc__.strip().splitlines()[0]
+        assert summary == doc_line, name
+        assert get_registry().get("metric", name).obj.__doc__ == summary
+        assert type(get_registry().get("metric", name).obj()).__name__ == cls

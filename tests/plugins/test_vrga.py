@@ -482,3 +482,9 @@ def test_engaged_heads_agree_with_row_stats_on_padded_rows():
     got = engaged_heads(probs, image.float()[:, :, None], share, 0.6, 0.2, entropy="renorm")
     assert got.tolist() == expected.tolist()
     assert got[:, 0].all() and not got[:, 1].any()
+
+
+def test_tiny_is_float32s_smallest_normal():
+    from mllm_refine_plugins.vrga.stats import TINY
+
+    assert TINY == torch.finfo(torch.float32).tiny
