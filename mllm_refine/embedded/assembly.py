@@ -69,8 +69,16 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
         merge_lora(lm.model, load_file(lora_path))  # keys are relative to the decoder (LlamaModel)
     state = {f"model.language_model.{k[len('model.'):]}": v for k, v in lm.state_dict().items() if k.startswith("model.")}
     state.update(load_file(assets / VISION_FILE))
+    return write_checkpoint(LlavaForConditionalGeneration, config, state, assets, out, WEIGHT_FILES)
+
+
+def write_checkpoint(
+    model_class: type, config: Any, state: dict[str, torch.Tensor], assets: Path, out: Path, weight_files: tuple[str, ...]
+) -> Path:
+    """``model_class(config)`` with ``state`` as every weight but the tied ``lm_head``, saved into
+    ``out`` with the assets' files other than their weights and config."""
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = model_class(config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the input embedding
     if missing or unexpected:
@@ -80,7 +88,7 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.save_pretrained(out)
     for path in asset_files(assets):
-        if path.name not in WEIGHT_FILES and path.name != "config.json":
+        if path.name not in weight_files and path.name != "config.json":
             shutil.copy2(path, out / path.name)
     return out
 

@@ -4,14 +4,13 @@ GGUF language model, into an ordinary transformers checkpoint folder in the cach
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mllm_refine.embedded import qwen_spec, spec
-from mllm_refine.embedded.assembly import REPORT_FILE, asset_files, cached_folder, load_folder
+from mllm_refine.embedded.assembly import REPORT_FILE, cached_folder, load_folder, write_checkpoint
 
 ASSETS = Path(__file__).resolve().parent / "assets_scenes_qwen"
 VISION_FILE = "vision.safetensors"  # keys as in Qwen2_5_VLForConditionalGeneration (model.visual.*)
@@ -36,20 +35,7 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
     merge_lora(lm.model, load_file(assets / LORA_FILE))  # keys are relative to the decoder blocks
     state = qwen_spec.language_state(lm.state_dict(), config.text_config.vocab_size)
     state.update(load_file(assets / VISION_FILE))
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the input embedding
-    if missing or unexpected:
-        raise RuntimeError(f"assembly mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.tie_weights()
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.save_pretrained(out)
-    for path in asset_files(assets):
-        if path.name not in WEIGHT_FILES and path.name != "config.json":
-            shutil.copy2(path, out / path.name)
-    return out
+    return write_checkpoint(Qwen2_5_VLForConditionalGeneration, config, state, assets, out, WEIGHT_FILES)
 
 
 def model_path(cache_dir: str | Path | None = None) -> Path:
