@@ -14,11 +14,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Literal
 
-import torch
-
 from mllm_refine.components import LayerSelector, ModelInfo, Needs, resolve_layers
-from mllm_refine.engine import StepView
+from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch  # imported at first use: listing plugins stays fast
 
 __version__ = "0.1.0"
 
