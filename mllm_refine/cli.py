@@ -71,17 +71,19 @@ def cmd_compare(runs: list[str], baseline: list[str], output: str | None, resamp
 
 def cmd_plugins() -> int:
     """List every registered component, adapter, dataset, model, metric and recipe."""
-    from mllm_refine.plugin_manager import get_registry
+    from mllm_refine.plugin_manager import get_registry, is_core
 
     entries = sorted(get_registry().all(), key=lambda e: (e.kind, e.name))
     rows = [("KIND", "NAME", "PLUGIN", "DISTRIBUTION", "SUMMARY")]
     for e in entries:
         doc = (getattr(e.obj, "__doc__", None) or "").strip().splitlines()
         summary = str(e.obj) if e.kind == "recipe" else (doc[0] if doc else "")  # a recipe is a file
-        rows.append((e.kind, e.name, e.plugin, e.distribution, summary))
+        plugin = f"{e.plugin}*" if is_core(e.plugin, e.distribution) else e.plugin
+        rows.append((e.kind, e.name, plugin, e.distribution, summary))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    print("* core plugin: always loaded, whatever MLLM_REFINE_PLUGINS and MLLM_REFINE_BLOCK_PLUGINS say")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Plugin discovery: one pluggy manager, fed by the ``mllm_refine`` entry-point group.
 
-Environment controls:
+Environment controls (they act on optional plugins; the core ones, ``CORE_PLUGINS``, always load):
   MLLM_REFINE_PLUGINS        comma-separated entry-point names: load only these (allow-list)
   MLLM_REFINE_BLOCK_PLUGINS  comma-separated entry-point names: never load these
   MLLM_REFINE_TRACE=1        write every hook call, the plugin that answered and what it
@@ -25,6 +25,11 @@ ENTRY_POINT_GROUP = "mllm_refine"
 ALLOW_ENV = "MLLM_REFINE_PLUGINS"
 BLOCK_ENV = "MLLM_REFINE_BLOCK_PLUGINS"
 TRACE_ENV = "MLLM_REFINE_TRACE"
+
+# mllm-refine's own model families, datasets, metrics and named models: what every run stands on,
+# so the allow- and block-lists (meant to choose methods or settle a name clash) leave them be.
+CORE_DISTRIBUTION = "mllm-refine"
+CORE_PLUGINS = frozenset({"adapters", "datasets", "metrics", "embedded", "tiny_models"})
 
 # hook -> registry kind; None: the component's own ``kind`` (layer_selector, head_filter, ...).
 HOOK_KINDS: dict[str, str | None] = {
@@ -67,10 +72,14 @@ def get_plugin_manager() -> pluggy.PluginManager:
             pm.trace.root.setwriter(_write_trace)
             pm.enable_tracing()
         allowed, blocked = set(_names(ALLOW_ENV)), set(_names(BLOCK_ENV))
+        for name in sorted(blocked & CORE_PLUGINS):
+            sys.stderr.write(f"mllm-refine: {BLOCK_ENV}: {name!r} is a core plugin and always loads\n")
+        blocked -= CORE_PLUGINS
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in blocked or (allowed and ep.name not in allowed) or pm.get_plugin(ep.name):
-                continue
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            core = is_core(ep.name, dist)
+            if pm.get_plugin(ep.name) or (not core and (ep.name in blocked or (allowed and ep.name not in allowed))):
+                continue
             try:
                 plugin = ep.load()
             except Exception as e:
@@ -89,6 +98,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
             raise PluginError(f"plugin {name!r} ({distribution_of(name)}): {e}") from e
         _pm = pm
     return _pm
+
+
+def is_core(plugin_name: str, distribution: str) -> bool:
+    """Whether a plugin is one of mllm-refine's own core plugins (never blocked)."""
+    return plugin_name in CORE_PLUGINS and distribution == CORE_DISTRIBUTION
 
 
 def distribution_of(plugin_name: str) -> str:

@@ -179,8 +179,21 @@ def _plugins_output(env_extra: dict[str, str]) -> str:
 def test_block_and_allow_env_vars():
     blocked = _plugins_output({"MLLM_REFINE_BLOCK_PLUGINS": "dualpd"})
     assert "hellinger_shift" not in blocked and "layer_contrast" in blocked
-    allowed = _plugins_output({"MLLM_REFINE_PLUGINS": "adapters,dualpd"})
-    assert "hellinger_shift" in allowed and "layer_contrast" not in allowed and "manifest" not in allowed
+    allowed = _plugins_output({"MLLM_REFINE_PLUGINS": "dualpd"})
+    assert "hellinger_shift" in allowed and "layer_contrast" not in allowed and "dualpd_heads" not in allowed
+    # the core plugins load whatever the allow-list says: a run still has its model, data and metric
+    for core in ("manifest", "exact_match", "qwen2_vl", "smollm2-135m-easyvqa", "tiny-llava"):
+        assert core in allowed, core
+
+
+def test_core_plugins_cannot_be_blocked():
+    env = {**os.environ, "MLLM_REFINE_BLOCK_PLUGINS": "metrics,dualpd"}
+    out = subprocess.run([sys.executable, "-m", "mllm_refine.cli", "plugins"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "mllm-refine: MLLM_REFINE_BLOCK_PLUGINS: 'metrics' is a core plugin and always loads"
+    assert "exact_match" in out.stdout and "hellinger_shift" not in out.stdout
+    rows = {line.split()[1]: line.split()[2] for line in out.stdout.splitlines()[1:] if len(line.split()) > 3}
+    assert rows["exact_match"] == "metrics*" and rows["layer_contrast"] == "layer_contrast"
 
 
 def test_every_hookspec_is_typed_and_says_since_when():

@@ -37,7 +37,7 @@ head_filters:
     assert r.raw["logit_combiner"] == {**base["logit_combiner"], "alpha": 0.2}
     assert r.raw["head_filters"] == [{"name": "head_norm_filter", "ratio": 0.3}]  # list replaced
     assert r.parts.head_filters[0].gamma == 0.9  # the dropped gamma falls back to its default
-    assert r.model == base["model"]
+    assert r.model == yaml.safe_load((ROOT / "recipes" / "vanilla.yaml").read_text())["model"]  # two levels up
 
 
 def test_switching_a_part_replaces_it_and_null_removes_it(tmp_path):
