@@ -21,12 +21,12 @@ from typing import Any
 import torch
 import yaml
 
+from mllm_refine.components import PART_KEYS
 from mllm_refine.lightning.shards import PREDICTIONS
 from mllm_refine.metrics.base import StatsMetric
 from mllm_refine.metrics.localisation import ordered_buckets
 from mllm_refine.plugin_manager import get_registry
 
-PART_KEYS = ("layer_selector", "logit_combiner", "head_filters", "input_refiners")
 
 
 @dataclass

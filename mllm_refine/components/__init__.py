@@ -4,16 +4,10 @@ from mllm_refine.components.base import Component, ModelInfo, resolve_layers
 from mllm_refine.components.grid_map import first_grid_maps
 from mllm_refine.components.head_filter import AttentionRow, HeadFilter
 from mllm_refine.components.input_refiner import InputRefiner
+from mllm_refine.components.kinds import KINDS, PART_KEYS, PART_KINDS, PartKind
 from mllm_refine.components.layer_selector import LayerSelector
 from mllm_refine.components.logit_combiner import LogitCombiner
 from mllm_refine.components.needs import Needs
-
-KINDS = {
-    "layer_selector": LayerSelector,
-    "head_filter": HeadFilter,
-    "logit_combiner": LogitCombiner,
-    "input_refiner": InputRefiner,
-}
 
 __all__ = [
     "AttentionRow",
@@ -25,6 +19,9 @@ __all__ = [
     "LogitCombiner",
     "ModelInfo",
     "Needs",
+    "PART_KEYS",
+    "PART_KINDS",
+    "PartKind",
     "first_grid_maps",
     "resolve_layers",
 ]

@@ -34,8 +34,8 @@ class Questions:
     qtype: torch.Tensor  # (Q,) index into TYPES
 
     @classmethod
-    def of(cls, split: str, n: int, seed: int) -> "Questions":
-        data = scenes.EasyVQAScenes(split, n=n, seed=seed)
+    def of(cls, split: str, n: int, seed: int, prior: float | None = None) -> "Questions":
+        data = scenes.EasyVQAScenes(split, n=n, seed=seed, prior=prior)
         qtype = torch.tensor([TYPES.index(easy_vqa.answer_type(q.answer)) for _, q in data.rows])
         return cls(data, qtype)
 

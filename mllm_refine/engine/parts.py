@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mllm_refine.components import HeadFilter, InputRefiner, LayerSelector, LogitCombiner, ModelInfo, Needs
+from mllm_refine.components import (
+    PART_KINDS, Component, HeadFilter, InputRefiner, LayerSelector, LogitCombiner, ModelInfo, Needs,
+)  # fmt: skip
 
 
 class ConflictError(ValueError):
@@ -18,9 +20,19 @@ class Parts:
     logit_combiner: LogitCombiner | None = None
     input_refiners: list[InputRefiner] = field(default_factory=list)
 
-    def components(self) -> list:
-        parts = [self.layer_selector, *self.head_filters, self.logit_combiner, *self.input_refiners]
-        return [p for p in parts if p is not None]
+    def keyed(self) -> list[tuple[str, Component]]:
+        """``(recipe key, part)`` of every part, e.g. ``("head_filters[1]", filter)``, in recipe order."""
+        out: list[tuple[str, Component]] = []
+        for k in PART_KINDS:
+            value = getattr(self, k.key)
+            if k.many:
+                out += [(f"{k.key}[{i}]", p) for i, p in enumerate(value)]
+            elif value is not None:
+                out.append((k.key, value))
+        return out
+
+    def components(self) -> list[Component]:
+        return [p for _, p in self.keyed()]
 
     @property
     def empty(self) -> bool:

@@ -10,16 +10,7 @@ from mllm_refine.recipes.schema import RecipeError
 def setup_parts(recipe: Recipe, info: ModelInfo) -> None:
     """Bind each part to the loaded model, so a setting that does not fit it (a layer outside the
     model, a ratio outside 0..1) is one ``RecipeError`` naming the recipe file and the key."""
-    p = recipe.parts
-    keyed = [
-        ("layer_selector", p.layer_selector),
-        *((f"head_filters[{i}]", f) for i, f in enumerate(p.head_filters)),
-        ("logit_combiner", p.logit_combiner),
-        *((f"input_refiners[{i}]", r) for i, r in enumerate(p.input_refiners)),
-    ]
-    for key, part in keyed:
-        if part is None:
-            continue
+    for key, part in recipe.parts.keyed():
         try:
             part.setup(info)
         except ValueError as e:

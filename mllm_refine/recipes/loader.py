@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mllm_refine.components import KINDS
+from mllm_refine.components import KINDS, PART_KINDS
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import ConflictError, Parts
 from mllm_refine.plugin_manager import get_registry
@@ -29,19 +29,12 @@ TOP_LEVEL = {
     "model": "path (local folder, registered name or hub id), dtype, device, trust_remote_code",
     "data": "name (registered dataset, default manifest) and its parameters, e.g. path, limit",
     "decode": "max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, stop, batch_size, seed",
-    "layer_selector": "one component: {name: ..., <params>}",
-    "head_filters": "list of components",
-    "logit_combiner": "one component",
-    "input_refiners": "list of components",
+    **{k.key: "list of components" if k.many else "one component: {name: ..., <params>}" for k in PART_KINDS},
     "metric": "registered metric name (default: the dataset's suggestion, else exact_match)",
     "trainer": "Lightning settings: accelerator, devices, num_nodes, strategy, precision, num_workers, enable_progress_bar",
     "sweep": "list of partial recipes, each merged over this one and run into its own folder",
 }
 MODEL_KEYS = {"path": str, "dtype": str, "device": str, "trust_remote_code": bool}
-SINGLE = ("layer_selector", "logit_combiner")
-MULTI = ("head_filters", "input_refiners")
-KIND_OF = {"layer_selector": "layer_selector", "logit_combiner": "logit_combiner",
-           "head_filters": "head_filter", "input_refiners": "input_refiner"}  # fmt: skip
 
 
 @dataclass
@@ -140,14 +133,15 @@ def build(raw: dict[str, Any], source: str) -> Recipe:
         if key not in TOP_LEVEL:
             raise RecipeError(f"{source}: {key}: unknown key{suggest(key, list(TOP_LEVEL))}; valid: {', '.join(TOP_LEVEL)}")
     parts = Parts()
-    for key in SINGLE:
-        if raw.get(key) is not None:
-            setattr(parts, key, _component(KIND_OF[key], raw[key], f"{source}: {key}"))
-    for key in MULTI:
-        specs = raw.get(key) or []
+    for k in PART_KINDS:
+        if not k.many:
+            if raw.get(k.key) is not None:
+                setattr(parts, k.key, _component(k.kind, raw[k.key], f"{source}: {k.key}"))
+            continue
+        specs = raw.get(k.key) or []
         if not isinstance(specs, list):
-            raise RecipeError(f"{source}: {key}: expected a list of components")
-        setattr(parts, key, [_component(KIND_OF[key], s, f"{source}: {key}[{i}]") for i, s in enumerate(specs)])
+            raise RecipeError(f"{source}: {k.key}: expected a list of components")
+        setattr(parts, k.key, [_component(k.kind, s, f"{source}: {k.key}[{i}]") for i, s in enumerate(specs)])
     try:
         parts.check()
     except ConflictError as e:

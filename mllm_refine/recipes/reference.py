@@ -21,17 +21,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from mllm_refine.components import PART_KINDS
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.plugin_manager import get_registry
 
 OUTPUT = "docs/reference/components.md"
 COMMAND = f"mllm-refine recipe reference --output {OUTPUT}"
-SECTIONS = [
-    ("layer_selector", "Layer selectors", "`layer_selector:` picks a layer per sample and step."),
-    ("logit_combiner", "Logit combiners", "`logit_combiner:` turns the final logits (and a selected layer) into the step's logits."),
-    ("head_filter", "Head filters", "`head_filters:` (a list) act inside attention of the current row."),
-    ("input_refiner", "Input refiners", "`input_refiners:` (a list) rewrite samples before decoding."),
-]  # fmt: skip
 
 
 def type_name(tp: Any) -> str:
@@ -106,7 +101,7 @@ def component_reference(distributions: tuple[str, ...] | None = ("mllm-refine",)
         "Every parameter is a recipe key of its component (`{name: ..., <parameter>: <value>}`).",
         "",
     ]
-    for kind, title, intro in SECTIONS:
+    for kind, title, intro in ((k.kind, k.title, k.intro) for k in PART_KINDS):
         entries = [
             registry.get(kind, n) for n in registry.names(kind)
             if distributions is None or registry.get(kind, n).distribution in distributions
