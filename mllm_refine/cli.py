@@ -22,8 +22,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from mllm_refine import __version__
 
 

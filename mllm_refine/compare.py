@@ -28,7 +28,6 @@ from mllm_refine.metrics.localisation import ordered_buckets
 from mllm_refine.plugin_manager import get_registry
 
 
-
 @dataclass
 class Run:
     path: Path

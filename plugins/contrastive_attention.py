@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
+from mllm_refine.functional import hellinger
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
-from mllm_refine_plugins.dualpd import hellinger
 
 LLAVA_DEPTH = 32
 LLAVA_FUSION = (2, 4, 8, 11, 12, 13)  # fusion blocks of LLaVA-1.5-7B (1-based, of 32)

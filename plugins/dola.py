@@ -4,8 +4,9 @@ arXiv 2309.03883), with the rules of Hugging Face transformers' ``generate(dola_
 
 1. ``dola_jsd`` (LayerSelector): per sample, the candidate layer ``j`` whose early exit diverges
    most from the final distribution (Jensen-Shannon style, see ``layer_divergence``).
-2. ``dola_contrast`` (LogitCombiner): ``log_softmax(z_N) - log_softmax(z_j)`` on the plausible
-   tokens ``log p_N >= max log p_N + log(alpha)``, ``-inf`` elsewhere. Recipes pair it with
+2. ``dola_contrast`` (LogitCombiner, in ``layer_contrast``: its DoLa preset):
+   ``log_softmax(z_N) - log_softmax(z_j)`` on the plausible tokens
+   ``log p_N >= max log p_N + log(alpha)``, ``-inf`` elsewhere. Recipes pair it with
    ``decode.repetition_penalty: 1.2``, applied to the contrasted logits.
 
 Rules (``L`` blocks, layer ``0`` the embeddings, ``j`` the output of block ``j``):
@@ -21,11 +22,10 @@ Rules (``L`` blocks, layer ``0`` the embeddings, ``j`` the output of block ``j``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from mllm_refine.components import LayerSelector, LogitCombiner, ModelInfo, Needs, resolve_layers
+from mllm_refine.components import LayerSelector, ModelInfo, Needs, resolve_layers
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import F, torch
@@ -68,12 +68,6 @@ def layer_divergence(final: torch.Tensor, early: torch.Tensor, form: str = "dola
     return 0.5 * (kl_p + kl_q)
 
 
-def relative_top(log_probs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``(B, V)`` bool: tokens with ``log p >= max log p + log(alpha)``, compared in log space."""
-    threshold = log_probs.max(-1, keepdim=True).values + (math.log(alpha) if alpha > 0 else -math.inf)
-    return log_probs >= threshold
-
-
 @dataclass
 class DolaJsdSelector(LayerSelector):
     """DoLa premature layer: per sample, the candidate whose early exit diverges most from z_N."""
@@ -114,31 +108,6 @@ class DolaJsdSelector(LayerSelector):
         return torch.tensor(self._candidates, device=d.device)[d.argmax(1)]
 
 
-@dataclass
-class DolaContrastCombiner(LogitCombiner):
-    """DoLa contrast: ``log_softmax(z_N) - log_softmax(z_j)`` on the relatively probable tokens."""
-
-    name = "dola_contrast"
-    noop_params = {"alpha": 1.0}  # only the top token stays: greedy picks it
-    alpha: float = 0.1  # relative-top cutoff: keep p_N >= alpha * max p_N; 0 keeps every token
-    final_norm: bool = False  # DoLa reads early exits without the final norm
-
-    def setup(self, info: ModelInfo) -> None:
-        super().setup(info)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha: {self.alpha} is outside 0..1")
-
-    def combine(self, view: StepView, layer: torch.Tensor | None) -> torch.Tensor:
-        final = view.logits  # (B, V)
-        if layer is None:
-            return final
-        log_p = final.log_softmax(-1)  # (B, V)
-        log_q = view.lens_at(layer, final_norm=self.final_norm).log_softmax(-1)  # (B, V)
-        dz = (log_p - log_q).masked_fill(~relative_top(log_p, self.alpha), float("-inf"))  # (B, V)
-        return torch.where((layer >= 0)[:, None], dz, final)
-
-
 @hookimpl
 def register_components(register: Callable[[type], None]) -> None:
-    register(DolaJsdSelector)
-    register(DolaContrastCombiner)
+    register(DolaJsdSelector)  # its contrast, dola_contrast, is layer_contrast's DoLa preset

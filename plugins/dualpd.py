@@ -18,19 +18,14 @@ Readings where the paper is silent (parameters, so other readings are one overri
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, resolve_layers
 from mllm_refine.engine.step_view import StepView
+from mllm_refine.functional import hellinger
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
-
-
-def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``||sqrt(p) - sqrt(q)||_2 / sqrt(2)`` over the last dim; p, q are distributions."""
-    return (p.clamp_min(0).sqrt() - q.clamp_min(0).sqrt()).norm(dim=-1) / math.sqrt(2)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 ``dz = z_N - z_l`` (``space: logits``, DualPD) or ``log_softmax(z_N) - log_softmax(z_l)``
 (``space: log_softmax``, DoLa), kept only on the plausible tokens ``{t : p_N(t) >= alpha * max p_N}``
-and ``-inf`` elsewhere; ``alpha = 0`` keeps every token. Samples without a selected layer
-(``-1``) keep ``z_N``.
+and ``-inf`` elsewhere; ``alpha = 0`` keeps every token. The cut is compared on probabilities
+(``cutoff: probs``) or in log space (``cutoff: log``, Hugging Face's DoLa: ``log p_N >= max log p_N
++ log alpha``); they differ only where rounding puts a token on the edge. Samples without a
+selected layer (``-1``) keep ``z_N``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,9 @@ from typing import Callable, Literal
 
 from mllm_refine.components import LogitCombiner, ModelInfo
 from mllm_refine.engine.step_view import StepView
+from mllm_refine.functional import contrast, plausible, relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
-
-
-def plausible(logits: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``(B, V)`` bool: tokens whose probability is at least ``alpha`` times the row's maximum."""
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    return probs >= alpha * probs.max(dim=-1, keepdim=True).values
 
 
 @dataclass
@@ -32,6 +29,7 @@ class LayerContrastCombiner(LogitCombiner):
     alpha: float = 0.1  # plausibility cutoff relative to the top token; 0 disables
     space: Literal["logits", "log_softmax"] = "logits"
     final_norm: bool = True  # apply the final norm to the early exit (DoLa's own reading: False)
+    cutoff: Literal["probs", "log"] = "probs"  # where the alpha cut is compared (log: Hugging Face's DoLa)
 
     def setup(self, info: ModelInfo) -> None:
         super().setup(info)
@@ -43,14 +41,24 @@ class LayerContrastCombiner(LogitCombiner):
         if layer is None:
             return final
         early = view.lens_at(layer, final_norm=self.final_norm)  # (B, V)
-        if self.space == "log_softmax":
-            dz = final.log_softmax(-1) - early.log_softmax(-1)
-        else:
-            dz = final - early
-        dz = dz.masked_fill(~plausible(final, self.alpha), float("-inf"))  # (B, V)
+        dz = contrast(final, early, self.space)  # (B, V)
+        keep = plausible(final, self.alpha) if self.cutoff == "probs" else relative_top(final.log_softmax(-1), self.alpha)
+        dz = dz.masked_fill(~keep, float("-inf"))  # (B, V)
         return torch.where((layer >= 0)[:, None], dz, final)
+
+
+@dataclass
+class DolaContrastCombiner(LayerContrastCombiner):
+    """DoLa contrast: ``log_softmax(z_N) - log_softmax(z_j)`` on the relatively probable tokens."""
+
+    name = "dola_contrast"  # layer_contrast with DoLa's defaults (Hugging Face generate's rules)
+    alpha: float = 0.1  # relative-top cutoff: keep p_N >= alpha * max p_N; 0 keeps every token
+    space: Literal["logits", "log_softmax"] = "log_softmax"
+    final_norm: bool = False  # DoLa reads early exits without the final norm
+    cutoff: Literal["probs", "log"] = "log"  # compared in log space, as Hugging Face does
 
 
 @hookimpl
 def register_components(register: Callable[[type], None]) -> None:
     register(LayerContrastCombiner)
+    register(DolaContrastCombiner)

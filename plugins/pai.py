@@ -30,7 +30,6 @@ with gamma = 1.1 and beta = 0.1 as PAI's run commands and code (the cut is hard-
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -39,6 +38,7 @@ from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.branches import image_free
 from mllm_refine.engine.step_view import StepView
+from mllm_refine.functional import relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
 
@@ -83,8 +83,7 @@ def guide(z: torch.Tensor, z_free: torch.Tensor, gamma: float, beta: float) -> t
     s = torch.log_softmax(z, dim=-1)  # (B, V) with the image
     u = torch.log_softmax(z_free, dim=-1)  # (B, V) without it
     out = u + gamma * (s - u)
-    cutoff = s.max(dim=-1, keepdim=True).values + (math.log(beta) if beta > 0 else -math.inf)  # (B, 1)
-    return out.masked_fill(s < cutoff, float("-inf"))
+    return out.masked_fill(~relative_top(s, beta), float("-inf"))
 
 
 @dataclass

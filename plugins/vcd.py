@@ -29,6 +29,7 @@ from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.seeding import sample_generators
 from mllm_refine.engine.step_view import StepView
+from mllm_refine.functional import relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
 
@@ -113,9 +114,7 @@ class VCDCombiner(LogitCombiner):
         z = view.logits  # (B, V) z(v)
         z_noisy = view.branch_logits(BRANCH)  # (B, V) z(v')
         contrast = (1 + self.alpha) * z - self.alpha * z_noisy
-        # p(t) >= beta * max p  <=>  z_t >= max z + log(beta)
-        cutoff = z.max(dim=-1, keepdim=True).values + (math.log(self.beta) if self.beta > 0 else -math.inf)
-        return contrast.masked_fill(z < cutoff, float("-inf"))
+        return contrast.masked_fill(~relative_top(z, self.beta), float("-inf"))  # p(t | v) >= beta max p(. | v)
 
 
 @hookimpl

@@ -2,8 +2,8 @@
 localisation metrics against a sample's target box)."""
 
 from __future__ import annotations
-from mllm_refine.lazy import torch
 
+from mllm_refine.lazy import torch
 
 
 def first_grid_maps(

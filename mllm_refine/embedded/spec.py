@@ -7,6 +7,7 @@ import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
+
 from mllm_refine.lazy import torch
 
 

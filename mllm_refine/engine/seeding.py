@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from mllm_refine.lazy import torch
 
+from mllm_refine.lazy import torch
 
 
 def sample_seed(seed: int, sample_id: str, stream: str = "") -> int:

@@ -7,22 +7,17 @@ What a recipe chose (layers, heads, a crop) is read from the prediction's ``choi
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator
 
 import torch
 
 from mllm_refine.engine import Prediction
+from mllm_refine.functional import hellinger
 from mllm_refine.metrics.localisation import MAP_KEYS
 from mllm_refine.viz.capture import StepRecord, Trace
 
 BOX_KEYS = ("box", "crop_box", "bbox")
 LAYER_KEYS = ("layer", "anchor", "anchor_layer", "basic_layer")
-
-
-def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``||sqrt(p) - sqrt(q)||_2 / sqrt(2)`` over the last dim (the DualPD attention shift)."""
-    return (p.clamp_min(0).sqrt() - q.clamp_min(0).sqrt()).norm(dim=-1) / math.sqrt(2)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

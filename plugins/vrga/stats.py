@@ -2,6 +2,7 @@
 (H), and the head sets they select, at prefill and at each later step."""
 
 from __future__ import annotations
+
 from mllm_refine.lazy import torch
 
 

@@ -17,16 +17,12 @@ from mllm_refine.components import ModelInfo
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.engine.seeding import sample_seed
+from mllm_refine.functional import relative_top
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing.tiny_models import LLAVA_TEMPLATE, tiny_llava
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer
-from mllm_refine_plugins.dola import (
-    DolaContrastCombiner,
-    DolaJsdSelector,
-    dola_buckets,
-    layer_divergence,
-    relative_top,
-)
+from mllm_refine_plugins.dola import DolaJsdSelector, dola_buckets, layer_divergence
+from mllm_refine_plugins.layer_contrast import DolaContrastCombiner
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "dola"
