@@ -25,13 +25,12 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from benchmarks.measure import sync
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.compat import cache_kwarg
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import Parts
-
-from benchmarks.measure import sync
 
 REFERENCE_ATTENTION = "mllm_refine_bench_eager"
 RowFilter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -30,8 +30,8 @@ from transformers import (
 )
 
 from mllm_refine.data.sample import Sample
-from mllm_refine.testing.tiny_models import LLAVA_TEMPLATE
 from mllm_refine.processors import image_only_class
+from mllm_refine.testing.tiny_models import LLAVA_TEMPLATE
 from mllm_refine.testing.tiny_qwen import QWEN_SPECIALS, QWEN_TEMPLATE
 from mllm_refine.testing.tiny_tokenizer import WORDS, tiny_tokenizer
 

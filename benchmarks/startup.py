@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = (["--help"], ["plugins"], ["recipe", "list"], ["recipe", "show", str(ROOT / "recipes" / "dualpd.yaml")])

@@ -7,7 +7,6 @@ from typing import Any
 
 from mllm_refine.lazy import torch
 
-
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -27,9 +27,10 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mllm_refine.embedded import assembly as asm, lora, spec, training  # noqa: E402
-from mllm_refine.embedded.evaluate import evaluate  # noqa: E402
 from mllm_refine.data.easy_vqa import EasyVQA  # noqa: E402
+from mllm_refine.embedded import assembly as asm  # noqa: E402
+from mllm_refine.embedded import lora, spec, training  # noqa: E402
+from mllm_refine.embedded.evaluate import evaluate  # noqa: E402
 
 START = time.time()
 

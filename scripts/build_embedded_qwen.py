@@ -28,7 +28,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mllm_refine.embedded import lora, qwen_assembly as asm, qwen_spec, spec  # noqa: E402
+from mllm_refine.embedded import lora, qwen_spec, spec  # noqa: E402
+from mllm_refine.embedded import qwen_assembly as asm  # noqa: E402
 from mllm_refine.embedded import scenes_training as st  # noqa: E402
 
 START = time.time()

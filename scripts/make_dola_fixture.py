@@ -79,7 +79,7 @@ def build_model(tok) -> LlavaForConditionalGeneration:
     model = LlavaForConditionalGeneration(config).eval()
     # Wide logit gaps keep greedy choices stable under the float reordering of another release.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.2)
         # Large embeddings make the early exit of h_0 diverge, so the 'low' bucket's start layer

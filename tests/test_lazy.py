@@ -44,9 +44,9 @@ def test_lazy_module_imports_at_first_attribute() -> None:
     assert stand_in.dumps([1]) == "[1]"
     assert "loaded" in repr(stand_in) and "not" not in repr(stand_in)
     with pytest.raises(AttributeError):
-        stand_in.no_such_name
+        _ = stand_in.no_such_name
     with pytest.raises(ModuleNotFoundError):
-        LazyModule("mllm_refine_no_such_module").anything
+        _ = LazyModule("mllm_refine_no_such_module").anything
 
 
 def test_lazy_factory_imports_its_target_when_called() -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import re
 import types
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from mllm_refine.components import LayerSelector
 from mllm_refine import hookspecs, plugin_manager
+from mllm_refine.components import LayerSelector
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.plugin_manager import PluginError, get_plugin_manager, get_registry
 

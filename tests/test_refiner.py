@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mllm_refine
-from mllm_refine.adapters import adapter_for
 from mllm_refine import Prediction, RecipeError, Refiner, Sample
+from mllm_refine.adapters import adapter_for
 from mllm_refine.engine import Decoder
 from mllm_refine.recipes.compose import recipe_names
 from mllm_refine.recipes.loader import load_recipe

@@ -91,10 +91,10 @@ def image_labels(split: str) -> dict[int, dict[str, str]]:
         kind = answer_type(a)
         if kind == "colour":
             labels["colour"] = a
-            labels.update({"shape": s for s in SHAPES if s in words})
+            labels.update([("shape", s) for s in SHAPES if s in words][-1:])  # the question's shape word, if any
         elif kind == "shape":
             labels["shape"] = a
-            labels.update({"colour": c for c in COLOURS if c in words})
+            labels.update([("colour", c) for c in COLOURS if c in words][-1:])
         else:
             present = (a == "yes") != bool(words & {"not", "no"})
             for key, names in (("colour", COLOURS), ("shape", SHAPES)):
@@ -160,7 +160,7 @@ def _pope_rows(split: str, subset: str) -> list[dict[str, Any]]:
                 negative = max(absent, key=lambda n: freq[kind][n])  # ties: first in names order
             else:
 
-                def together(n: str, kind: str = kind, other: str = other) -> int:
+                def together(n: str, kind: str = kind, other: str = other, d: dict = d) -> int:
                     pair = {kind: n, other: d[other]}
                     return pairs[(pair["shape"], pair["colour"])]
 

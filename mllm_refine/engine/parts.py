@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mllm_refine.components import (
-    PART_KINDS, Component, HeadFilter, InputRefiner, LayerSelector, LogitCombiner, ModelInfo, Needs,
+    PART_KINDS,
+    Component,
+    HeadFilter,
+    InputRefiner,
+    LayerSelector,
+    LogitCombiner,
+    ModelInfo,
+    Needs,
 )  # fmt: skip
 
 

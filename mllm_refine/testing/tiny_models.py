@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mllm_refine.lazy import torch, transformers
 from mllm_refine.hookspecs import hookimpl
+from mllm_refine.lazy import torch, transformers
 from mllm_refine.testing.tiny_common import INIT_RANGE, clip_vision_config, text_config
 from mllm_refine.testing.tiny_qwen import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from PIL import Image
+
 from mllm_refine.lazy import torch
 
 

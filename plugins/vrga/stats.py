@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from mllm_refine.lazy import torch
 
-
 TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the smallest normal float32
 
 

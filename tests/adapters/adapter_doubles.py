@@ -15,7 +15,8 @@ class Probe(LogitCombiner):
     name = "probe"
     uses_layer = False
 
-    def __init__(self, attention: set[int] = set(), hidden: set[int] = set(), prefill: set[int] = set()) -> None:
+    def __init__(self, attention: frozenset[int] = frozenset(), hidden: frozenset[int] = frozenset(),
+                 prefill: frozenset[int] = frozenset()) -> None:  # fmt: skip
         self.declared = Needs(frozenset(attention), frozenset(hidden), frozenset(prefill))
         self.steps: list[dict[str, Any]] = []
 

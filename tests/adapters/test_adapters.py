@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapter_doubles import Probe
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mllm_refine.adapters import (
@@ -21,8 +22,6 @@ from mllm_refine.data.sample import Sample
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.testing.tiny_models import TINY_MODELS, tiny_llava_next
 from mllm_refine.testing.tiny_qwen import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
-
-from adapter_doubles import Probe
 
 ADAPTERS = {
     "tiny-llava": LlavaAdapter,

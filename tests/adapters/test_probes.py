@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
+from adapter_doubles import Probe, RowSums
 
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine_plugins.dualpd import HeadNormFilter, HellingerShiftSelector
 from mllm_refine_plugins.layer_contrast import LayerContrastCombiner
-
-from adapter_doubles import Probe, RowSums
 
 STEPS = 3
 

@@ -14,10 +14,10 @@ from mllm_refine.components import HeadFilter, LogitCombiner, Needs
 from mllm_refine.components.branch import Branch
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.engine.processor import post_processors
+from mllm_refine.engine.seeding import sample_seed
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing import TINY_RUN
 from mllm_refine.testing.tiny_models import tiny_llava, tiny_qwen2_vl
-from mllm_refine.engine.seeding import sample_seed
 from mllm_refine_plugins.vcd import NOISE_STREAM, VCDCombiner, alpha_bar, diffuse
 from tests.conftest import make_samples
 

@@ -154,7 +154,6 @@ def make_batch(grids, seed=0):
 
 
 def plugin_row(rows, valid, image, grids, back=1):
-    B = len(grids)
     counts = image.sum(1)
     order = torch.argsort((~image).to(torch.int8), dim=1, stable=True)
     width = int(counts.max())

@@ -17,11 +17,11 @@ from mllm_refine.data.sample import Sample
 from mllm_refine.data.shapes import draw
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.recipes import load_recipe
+from mllm_refine.testing import TINY_RUN
 from mllm_refine.testing.tiny_models import tiny_llava
 from mllm_refine.viz.capture import diagnostic_needs
 from mllm_refine.viz.numbers import crop_numbers
 from mllm_refine_plugins.dualpd import HellingerShiftSelector
-from mllm_refine.testing import TINY_RUN
 
 pytest.importorskip("matplotlib")
 

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mllm_refine_plugins.vicrop.box import best_box, sharpness, split_grid, split_image, stitch, window_sums
-from PIL import Image
 
 
 def hot_map(rows: int, cols: int, cells: list[tuple[int, int]]) -> torch.Tensor:

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from mllm_refine_entropy import LensEntropySelector, entropy
 
 from mllm_refine.components import ModelInfo
 from mllm_refine.testing.conformance import check_component
-from mllm_refine_entropy import LensEntropySelector, entropy
 
 INFO = ModelInfo(num_layers=8, num_heads=4, num_kv_heads=4, hidden_size=8, vocab_size=4, family="test")
 
