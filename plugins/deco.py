@@ -33,8 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from mllm_refine.components import LayerSelector, LogitCombiner, ModelInfo, Needs, resolve_layers
-from mllm_refine.engine.step_view import StepView
+from mllm_refine.components import LayerSelector, LogitCombiner, ModelInfo, Needs, StepView, resolve_layers
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
 
@@ -113,7 +112,7 @@ class DecoAnchorSelector(LayerSelector):
 
     def select(self, view: StepView) -> torch.Tensor:
         # Image placeholders are never emitted (the engine suppresses them): they are no candidates.
-        placeholders = torch.tensor(view.adapter.image_token_ids, dtype=torch.long, device=view.logits.device)
+        placeholders = torch.tensor(view.image_token_ids, dtype=torch.long, device=view.logits.device)
         final = view.logits.index_fill(1, placeholders, float("-inf"))  # (B, V)
         ids, keep = candidate_set(final, self.top_k, self.top_p, self.cut)  # (B, k) each
         lens = view.lenses(self._layers, final_norm=self.final_norm)  # (B, A, V)

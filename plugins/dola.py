@@ -25,8 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from mllm_refine.components import LayerSelector, ModelInfo, Needs, resolve_layers
-from mllm_refine.engine.step_view import StepView
+from mllm_refine.components import LayerSelector, ModelInfo, Needs, StepView, resolve_layers
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import F, torch
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, resolve_layers
-from mllm_refine.engine.step_view import StepView
+from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, StepView, resolve_layers
 from mllm_refine.functional import hellinger
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from mllm_refine.components import LogitCombiner, ModelInfo
-from mllm_refine.engine.step_view import StepView
+from mllm_refine.components import LogitCombiner, ModelInfo, StepView
 from mllm_refine.functional import contrast, plausible, relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch

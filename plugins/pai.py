@@ -33,11 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from mllm_refine.components import AttentionRow, HeadFilter, LogitCombiner, ModelInfo, Needs, resolve_layers
+from mllm_refine.components import AttentionRow, HeadFilter, LogitCombiner, ModelInfo, Needs, StepView, resolve_layers
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.branches import image_free
-from mllm_refine.engine.step_view import StepView
 from mllm_refine.functional import relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch

@@ -24,11 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from mllm_refine.components import LogitCombiner, ModelInfo, Needs
+from mllm_refine.components import LogitCombiner, ModelInfo, Needs, StepView
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.seeding import sample_generators
-from mllm_refine.engine.step_view import StepView
 from mllm_refine.functional import relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch

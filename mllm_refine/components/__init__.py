@@ -8,6 +8,7 @@ from mllm_refine.components.kinds import KINDS, PART_KEYS, PART_KINDS, PartKind
 from mllm_refine.components.layer_selector import LayerSelector
 from mllm_refine.components.logit_combiner import LogitCombiner
 from mllm_refine.components.needs import Needs
+from mllm_refine.components.step_view import StepView
 
 __all__ = [
     "AttentionRow",
@@ -22,6 +23,7 @@ __all__ = [
     "PART_KEYS",
     "PART_KINDS",
     "PartKind",
+    "StepView",
     "first_grid_maps",
     "resolve_layers",
 ]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from mllm_refine.components.base import Component
+from mllm_refine.components.step_view import StepView
 from mllm_refine.lazy import torch
-
-if TYPE_CHECKING:
-    from mllm_refine.engine.step_view import StepView
 
 
 class LayerSelector(Component):
@@ -26,5 +24,5 @@ class LayerSelector(Component):
         """Layers this selector may return (valid after ``setup``)."""
 
     @abstractmethod
-    def select(self, view: "StepView") -> torch.Tensor:
+    def select(self, view: StepView) -> torch.Tensor:
         """``(B,)`` long: the chosen layer of each sample at this step."""

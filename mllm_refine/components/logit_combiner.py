@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from mllm_refine.components.base import Component
+from mllm_refine.components.step_view import StepView
 from mllm_refine.lazy import torch
-
-if TYPE_CHECKING:
-    from mllm_refine.engine.step_view import StepView
 
 
 class LogitCombiner(Component):
@@ -24,5 +22,5 @@ class LogitCombiner(Component):
     uses_layer: ClassVar[bool] = True
 
     @abstractmethod
-    def combine(self, view: "StepView", layer: torch.Tensor | None) -> torch.Tensor:
+    def combine(self, view: StepView, layer: torch.Tensor | None) -> torch.Tensor:
         """``(B, V)`` logits for this step; ``layer`` is the selector's ``(B,)`` choice or None."""

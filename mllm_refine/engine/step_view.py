@@ -17,7 +17,8 @@ def _over_image(a: torch.Tensor) -> torch.Tensor:
 
 
 class StepView:
-    """One step of a batch: final logits, captured attention rows, and the logit lens.
+    """One step of a batch: final logits, captured attention rows, and the logit lens; the
+    engine's implementation of ``mllm_refine.components.StepView``.
 
     Layers are numbered as in ``Needs``: 0 is the embedding output, ``l`` in 1..L is block ``l``.
     Reading something no part declared raises ``KeyError`` naming the missing declaration.
@@ -38,6 +39,11 @@ class StepView:
     def state(self) -> dict[str, Any]:
         """Per-request scratch shared by all parts (e.g. findings of the prefill)."""
         return self.capture.state
+
+    @property
+    def image_token_ids(self) -> tuple[int, ...]:
+        """The model's image placeholder token ids (never emitted)."""
+        return tuple(self.adapter.image_token_ids)
 
     @property
     def image_mask(self) -> torch.Tensor:

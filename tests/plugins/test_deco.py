@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -138,7 +137,7 @@ class FakeView:
 
     def __init__(self, logits: torch.Tensor, lens: dict[int, torch.Tensor], placeholders: tuple[int, ...] = ()):
         self.logits, self._lens, self.step, self.state = logits, lens, 0, {}
-        self.adapter = SimpleNamespace(image_token_ids=list(placeholders))
+        self.image_token_ids = tuple(placeholders)
 
     def lens(self, layer: int, final_norm: bool = True) -> torch.Tensor:
         return self._lens[layer]

@@ -14,8 +14,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Literal
 
-from mllm_refine.components import LayerSelector, ModelInfo, Needs, resolve_layers
-from mllm_refine.engine.step_view import StepView
+from mllm_refine.components import LayerSelector, ModelInfo, Needs, StepView, resolve_layers
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch  # imported at first use: listing plugins stays fast
 
