@@ -19,12 +19,11 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 from torch import nn
 
-from mllm_refine.adapters import adapter_for
 from mllm_refine.data.manifest import MAX_PIXELS, open_image
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.config import DecodeConfig
-from mllm_refine.engine.decoder import Decoder, Prediction
-from mllm_refine.recipes.binding import setup_parts
+from mllm_refine.engine.decoder import Prediction
+from mllm_refine.recipes.binding import decoder_for
 from mllm_refine.recipes.loader import Recipe, load_recipe
 from mllm_refine.recipes.schema import RecipeError, build_dataclass
 
@@ -107,8 +106,7 @@ class Refiner:
             self.recipe = recipe
         else:
             self.recipe = load_recipe(recipe, override_texts(overrides))
-        setup_parts(self.recipe, adapter_for(model, processor).info())  # a setting the model cannot take fails here
-        self.decoder = Decoder(model, processor, self.recipe.parts, self.recipe.decode)
+        self.decoder = decoder_for(self.recipe, model, processor)  # a setting the model cannot take fails here
 
     @classmethod
     def from_recipe(cls, recipe: str | Path = "vanilla", **overrides: Any) -> "Refiner":

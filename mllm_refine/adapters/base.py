@@ -34,6 +34,7 @@ class ModelAdapter:
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        self._info: ModelInfo | None = None
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -65,6 +66,12 @@ class ModelAdapter:
         return self.decoder_layers[layer - 1].self_attn
 
     def info(self) -> ModelInfo:
+        """The language model's shape, built once: every step's view reads it."""
+        if self._info is None:
+            self._info = self._build_info()
+        return self._info
+
+    def _build_info(self) -> ModelInfo:
         c = self.text_config
         return ModelInfo(
             num_layers=c.num_hidden_layers,

@@ -20,6 +20,10 @@ class ConflictError(ValueError):
     """Two parts cannot be used together; the message says why."""
 
 
+class SetupError(ValueError):
+    """A part's setting does not fit the model: ``"<recipe key>.<param>: <reason>"``."""
+
+
 @dataclass
 class Parts:
     layer_selector: LayerSelector | None = None
@@ -63,8 +67,11 @@ class Parts:
     def setup(self, info: ModelInfo) -> Needs:
         """Bind every part to the model and return the union of what they need captured."""
         needs = Needs()
-        for part in self.components():
-            part.setup(info)
+        for key, part in self.keyed():
+            try:
+                part.setup(info)
+            except ValueError as e:
+                raise SetupError(f"{key}.{e}") from e
             needs = needs | part.needs()
         if self.layer_selector is not None and self.logit_combiner is not None and self.logit_combiner.uses_layer:
             # The combiner reads the lens of whichever candidate the selector picks.

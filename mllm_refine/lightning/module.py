@@ -9,13 +9,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from mllm_refine.adapters import adapter_for
 from mllm_refine.data.manifest import SampleError
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.decoder import Decoder
 from mllm_refine.lightning.data import Unreadable
 from mllm_refine.models import load_model
-from mllm_refine.recipes.binding import setup_parts
+from mllm_refine.recipes.binding import decoder_for
 from mllm_refine.recipes.loader import Recipe
 
 
@@ -64,8 +63,7 @@ class RefineModule(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         # Built after Lightning placed the model, so the engine sees its final device and dtype.
-        setup_parts(self.recipe, adapter_for(self.model, self.loaded[1]).info())
-        self.decoder = Decoder(self.model, self.loaded[1], self.recipe.parts, self.recipe.decode)
+        self.decoder = decoder_for(self.recipe, self.model, self.loaded[1])
         self.decode_started = time.perf_counter()
 
     def predict_step(self, batch: list[Sample | Unreadable], batch_idx: int) -> list[dict[str, Any]]:

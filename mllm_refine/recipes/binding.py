@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from mllm_refine.components import ModelInfo
+from typing import Any
+
+from mllm_refine.engine.decoder import Decoder
+from mllm_refine.engine.parts import SetupError
 from mllm_refine.recipes.loader import Recipe
 from mllm_refine.recipes.schema import RecipeError
 
 
-def setup_parts(recipe: Recipe, info: ModelInfo) -> None:
-    """Bind each part to the loaded model, so a setting that does not fit it (a layer outside the
-    model, a ratio outside 0..1) is one ``RecipeError`` naming the recipe file and the key."""
-    for key, part in recipe.parts.keyed():
-        try:
-            part.setup(info)
-        except ValueError as e:
-            raise RecipeError(f"{recipe.source}: {key}.{e}") from e
+def decoder_for(recipe: Recipe, model: Any, processor: Any) -> Decoder:
+    """The recipe's decoder on ``model``: its parts are set up there, once, so a setting that does
+    not fit the model (a layer outside it, a ratio outside 0..1) is one ``RecipeError`` naming
+    the recipe file and the key."""
+    try:
+        return Decoder(model, processor, recipe.parts, recipe.decode)
+    except SetupError as e:
+        raise RecipeError(f"{recipe.source}: {e}") from e
