@@ -2,7 +2,9 @@
 (seeded; CPU, or a GPU where there is one).
 
 Stage 1: the vision tower and merger learn to name, from every merged token, the colour and
-shape of the object its 28 px cell shows (or background), on easy-VQA scenes train images.
+shape of the object its 28 px cell shows (or background), on easy-VQA scenes train images
+drawn with ``--prior 0`` (colours and shapes independent: at the split's own 0.7 a shape follows
+from its colour 80 % of the time, and the tower learned that instead of shape).
 Stage 2: the whole model (SmolLM2-135M-Instruct frozen, LoRA on its attention, merger, tower)
 learns to answer the scenes train questions, the stage-1 loss kept at a weight. Both stages
 checkpoint into ``--work`` and a rerun of the same command resumes there. The assets are then
@@ -49,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prior", type=float, default=0.0,
                    help="the train scenes' colour/shape prior (the split's own is 0.7; at 0.7 a shape is "
                         "guessed from its colour 80 %% of the time, and the tower learns that instead of shape)")  # fmt: skip
-    p.add_argument("--vision-steps", type=int, default=600)
+    p.add_argument("--vision-steps", type=int, default=1200)
     p.add_argument("--vision-batch", type=int, default=16)
     p.add_argument("--vision-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=600, help="stage-2 steps")
