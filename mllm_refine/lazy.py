@@ -26,7 +26,12 @@ class LazyModule(ModuleType):
 
     def _load(self) -> ModuleType:
         if self._lazy_target is None:
-            self._lazy_target = importlib.import_module(self.__name__)
+            target = importlib.import_module(self.__name__)
+            # Later reads of the names the module has now find them here, at a plain module
+            # attribute's cost (the per-token path reads torch.* often); names it gains later
+            # still come through __getattr__.
+            self.__dict__.update(vars(target))
+            self._lazy_target = target
         return self._lazy_target
 
     def __getattr__(self, attr: str) -> Any:  # only reached for names not set on the stand-in

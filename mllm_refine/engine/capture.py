@@ -18,6 +18,7 @@ from mllm_refine.components.needs import Needs
 from mllm_refine.lazy import nn, torch
 
 ATTENTION_NAME = "mllm_refine"
+_sdpa: Any = None  # transformers' sdpa attention, set by register_attention
 _CAPTURE_ATTR = "_mllm_refine_capture"
 
 
@@ -36,9 +37,7 @@ def refine_attention(
         # A decode step of a probed block: the probe's eager row is the whole output, so sdpa
         # would compute the same (B, 1, H, Dh) a second time.
         return capture.on_attention(module, query, key, value, attention_mask, scaling, None), None
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    out, weights = _sdpa(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     if capture is not None:
         out = capture.on_attention(module, query, key, value, attention_mask, scaling, out)
     return out, weights
@@ -93,9 +92,12 @@ def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | Non
 def register_attention() -> None:
     """Make ``ATTENTION_NAME`` a transformers attention implementation (with sdpa's mask); once,
     when a model first needs it, so importing this module does not import transformers."""
+    global _sdpa
     from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    _sdpa = sdpa_attention_forward  # resolved once, not in every block's call
     AttentionInterface.register(ATTENTION_NAME, refine_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
