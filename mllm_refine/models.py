@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from mllm_refine.lazy import torch
+from mllm_refine.plugin_manager import get_registry
+from mllm_refine.processors import load_processor
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -43,8 +45,6 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def check_model_path(path: str) -> None:
     """Fail early, before any weights load, on a local checkpoint folder that is not there."""
-    from mllm_refine.plugin_manager import get_registry
-
     if path in get_registry().entries.get("model", {}):
         return
     folder = Path(path).expanduser()
@@ -63,8 +63,6 @@ def check_model_type(folder: Path) -> None:
     """Refuse, before the weights load, a checkpoint whose ``model_type`` no adapter knows."""
     import json
 
-    from mllm_refine.plugin_manager import get_registry
-
     try:
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as e:
@@ -82,8 +80,6 @@ def load_model(
 ) -> tuple[Any, Any]:
     """``(model, processor)`` in eval mode with sdpa attention. ``trust_remote_code`` stays off
     unless the caller turns it on."""
-    from mllm_refine.plugin_manager import get_registry
-
     if trust_remote_code and not _remote_code_allowed:
         raise ModelLoadError("model.trust_remote_code: true also needs --trust-remote-code on the command line")
     torch_dtype = resolve_dtype(dtype)
@@ -93,8 +89,6 @@ def load_model(
         return model.to(device).eval(), processor
     check_model_path(path)
     from transformers import AutoModelForImageTextToText
-
-    from mllm_refine.processors import load_processor
 
     try:
         # The processor first: it is cheap, and a folder it cannot be built from fails before the weights load.

@@ -7,7 +7,7 @@ across blocks, so the difference of two head-mean image maps cancels it:
     i* = argmax_{i in S} Hellinger(Abar_i, Abar_k)        the fusion block that moved most
     I_A = Abar_k - Abar_{i*}                              the contrastive map, (B, I)
 
-``contrastive_map`` is that computation, shared with the crop reading (ViCrop-style refiners).
+``functional.contrastive_map`` is that computation, shared with the crop reading (``contrastive_crop``).
 ``contrastive_attention`` (HeadFilter) is the masking reading: at block ``k`` of the very
 pass that produces the logits, the image keys with the lowest ``I_A`` get their probabilities
 multiplied by ``weight`` (0 masks them) in every head, and the rows are renormalised.
@@ -24,38 +24,20 @@ Readings where the paper is silent (parameters):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
-from mllm_refine.functional import hellinger
+from mllm_refine.functional import (
+    CONTRASTIVE_DEPTH,
+    CONTRASTIVE_FUSION,
+    CONTRASTIVE_REVIEW,
+    CONTRASTIVE_REVIEW_FAMILIES,
+    contrastive_map,
+    head_mean_map,
+    scale_blocks,
+)
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
-
-LLAVA_DEPTH = 32
-LLAVA_FUSION = (2, 4, 8, 11, 12, 13)  # fusion blocks of LLaVA-1.5-7B (1-based, of 32)
-LLAVA_REVIEW = 29
-REVIEW_FAMILIES = ("llava", "llava_next")  # families the paper reports a late review for
-
-
-def contrastive_map(abar: dict[int, torch.Tensor], fusion: list[int], final: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(I_A (B, I), i* (B,))`` from head-mean image maps ``abar[l]`` (B, I), each a distribution
-    over the sample's image tokens: ``i*`` is the block of ``fusion`` farthest (Hellinger) from
-    block ``final``, and ``I_A = Abar_final - Abar_{i*}``."""
-    ref = abar[final]  # (B, I)
-    cand = torch.stack([abar[i] for i in fusion], dim=1)  # (B, S, I)
-    dist = hellinger(cand, ref[:, None, :])  # (B, S)
-    pick = dist.argmax(dim=1)  # (B,)
-    i_star = torch.tensor(fusion, device=ref.device)[pick]  # (B,)
-    early = cand[torch.arange(ref.shape[0], device=ref.device), pick]  # (B, I)
-    return ref - early, i_star
-
-
-def head_mean_map(attn: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """``(B, I)``: head-mean of the per-head image maps ``attn`` (B, H, I), each renormalised
-    over the sample's image tokens (``slots`` (B, I))."""
-    a = attn * slots[:, None, :]
-    a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
-    return a.mean(dim=1)
 
 
 def lowest(values: torch.Tensor, slots: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -64,11 +46,6 @@ def lowest(values: torch.Tensor, slots: torch.Tensor, ratio: float) -> torch.Ten
     score = values.masked_fill(~slots, float("inf"))  # padding slots rank last
     rank = score.argsort(dim=1, stable=True).argsort(dim=1)  # (B, I): 0 = lowest
     return (rank < count[:, None]) & slots
-
-
-def scaled(blocks: tuple[int, ...], num_layers: int) -> list[int]:
-    """Blocks of a 32-block LLaVA-1.5 mapped to a model of ``num_layers`` blocks."""
-    return sorted({min(num_layers, max(1, round(b * num_layers / LLAVA_DEPTH))) for b in blocks})
 
 
 @dataclass
@@ -92,15 +69,13 @@ class ContrastiveAttentionMask(HeadFilter):
         if self.review is not None:
             self.k = resolve_layers([self.review], L, "review", lowest=2)[0]
         else:
-            self.k = scaled((LLAVA_REVIEW,), L)[0] if info.family in REVIEW_FAMILIES else L
+            self.k = scale_blocks((CONTRASTIVE_REVIEW,), L, CONTRASTIVE_DEPTH)[0] if info.family in CONTRASTIVE_REVIEW_FAMILIES else L
         if self.fusion is not None:
             self.S = resolve_layers(self.fusion, L, "fusion")
         else:
-            self.S = [b for b in scaled(LLAVA_FUSION, L) if b < self.k]
+            self.S = [b for b in scale_blocks(CONTRASTIVE_FUSION, L, CONTRASTIVE_DEPTH) if b < self.k]
         if not self.S or max(self.S) >= self.k:
             raise ValueError(f"fusion: blocks {self.S} must be non-empty and before the review block {self.k}")
-        self._i_star: torch.Tensor | None = None
-        self._map: list | None = None
 
     def active_layers(self) -> list[int]:
         noop = self.ratio == 0.0 or self.weight == 1.0
@@ -123,9 +98,9 @@ class ContrastiveAttentionMask(HeadFilter):
         abar = {i: head_mean_map(row.attention[i], slots) for i in self.S}
         abar[self.k] = head_mean_map(own, slots)
         contrast, i_star = contrastive_map(abar, self.S, self.k)  # (B, I), (B,)
-        if row.step == 0:
-            self._i_star = i_star.cpu()
-            self._map = first_grid_maps(contrast, row.image_grid, row.row_end_tokens) if row.image_grid else None
+        if row.step == 0:  # for the report: i* and I_A on the grid
+            grid_map = first_grid_maps(contrast, row.image_grid, row.row_end_tokens) if row.image_grid else None
+            row.state[self.state_key] = (i_star.cpu(), grid_map)
         low = lowest(contrast, slots, self.ratio)  # (B, I)
         factor = torch.ones(B, K, dtype=probs.dtype, device=probs.device)
         factor.scatter_(1, index, torch.where(low, self.weight, 1.0).to(probs.dtype))  # (B, K)
@@ -133,16 +108,13 @@ class ContrastiveAttentionMask(HeadFilter):
         total = p.sum(-1, keepdim=True)  # (B, H, 1)
         return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), probs)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Per sample, at the first answer token: the fusion block ``i*`` and ``I_A`` on the
         image grid (``map``)."""
-        if self._i_star is None:
+        if self.state_key not in state:
             return {}
-        out = {"i_star": self._i_star.tolist()}
-        if self._map is not None:
-            out["map"] = self._map
-        self._i_star = self._map = None
-        return out
+        i_star, grid_map = state[self.state_key]
+        return {"i_star": i_star.tolist(), **({"map": grid_map} if grid_map is not None else {})}
 
 
 @hookimpl

@@ -19,7 +19,7 @@ Readings where the paper is silent (parameters, so other readings are one overri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, StepView, resolve_layers
 from mllm_refine.functional import hellinger
@@ -88,7 +88,6 @@ class HeadNormFilter(HeadFilter):
         noop = self.count == 0 or self.gamma == 1.0
         blocks = self.layers or list(range(1, info.num_layers + 1))
         self._layers = [] if noop else resolve_layers(blocks, info.num_layers, "layers")
-        self._suppressed: dict[int, torch.Tensor] = {}  # layer -> (B, H) bool, at the first step
 
     def active_layers(self) -> list[int]:
         return self._layers
@@ -106,20 +105,18 @@ class HeadNormFilter(HeadFilter):
         lowest = self.lowest(scores, row)  # (B, count)
         factor = torch.ones(scores.shape[:2], dtype=scores.dtype, device=scores.device)  # (B, H)
         factor.scatter_(1, lowest, self.gamma)  # gamma on the suppressed heads, 1 elsewhere
-        if row.step == 0:  # for the report: (B, H) bool
-            self._suppressed[row.layer] = torch.zeros(factor.shape, dtype=torch.bool).scatter_(1, lowest.cpu(), True)
+        if row.step == 0:  # for the report: layer -> (B, H) bool
+            suppressed = torch.zeros(factor.shape, dtype=torch.bool).scatter_(1, lowest.cpu(), True)
+            row.state.setdefault(self.state_key, {})[row.layer] = suppressed
         return scores * factor[:, :, None]
 
-    def report(self) -> dict[str, Any]:
+    def report(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Heads suppressed at the first answer token: per sample, ``{layer: [heads]}``."""
-        if not self._suppressed:
+        suppressed = state.get(self.state_key)  # layer -> (B, H) bool
+        if not suppressed:
             return {}
-        batch = next(iter(self._suppressed.values())).shape[0]
-        heads = [
-            {layer: m[b].nonzero().flatten().tolist() for layer, m in sorted(self._suppressed.items())}
-            for b in range(batch)
-        ]
-        self._suppressed = {}
+        batch = next(iter(suppressed.values())).shape[0]
+        heads = [{layer: m[b].nonzero().flatten().tolist() for layer, m in sorted(suppressed.items())} for b in range(batch)]
         return {"heads": heads}
 
 

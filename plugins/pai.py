@@ -33,10 +33,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from mllm_refine.components import AttentionRow, HeadFilter, LogitCombiner, ModelInfo, Needs, StepView, resolve_layers
-from mllm_refine.components.branch import Branch
-from mllm_refine.data.sample import Sample
-from mllm_refine.engine.branches import image_free
+from mllm_refine.components import (
+    AttentionRow,
+    Branch,
+    BranchAdapter,
+    HeadFilter,
+    LogitCombiner,
+    ModelInfo,
+    Needs,
+    Sample,
+    StepView,
+    resolve_layers,
+)
 from mllm_refine.functional import relative_top
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
@@ -110,9 +118,9 @@ class PAIGuidance(LogitCombiner):
             return Needs()
         return Needs(branches=frozenset({Branch(BRANCH, self.free_inputs)}))
 
-    def free_inputs(self, inputs: Any, samples: list[Sample], adapter: Any) -> Any:
-        """The batch's prompts without their images (``engine.branches.image_free``)."""
-        return image_free(inputs, samples, adapter, self.prompt)
+    def free_inputs(self, inputs: Any, samples: list[Sample], adapter: BranchAdapter) -> Any:
+        """The batch's prompts without their images (``BranchAdapter.without_images``)."""
+        return adapter.without_images(inputs, samples, self.prompt)
 
     def combine(self, view: StepView, layer: torch.Tensor | None) -> torch.Tensor:
         if self.gamma == 1:

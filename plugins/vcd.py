@@ -24,11 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from mllm_refine.components import LogitCombiner, ModelInfo, Needs, StepView
-from mllm_refine.components.branch import Branch
-from mllm_refine.data.sample import Sample
-from mllm_refine.engine.seeding import sample_generators
-from mllm_refine.functional import relative_top
+from mllm_refine.components import Branch, BranchAdapter, LogitCombiner, ModelInfo, Needs, Sample, StepView
+from mllm_refine.functional import relative_top, sample_generators
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
 
@@ -94,7 +91,7 @@ class VCDCombiner(LogitCombiner):
     def needs(self) -> Needs:
         return Needs(branches=frozenset({Branch(BRANCH, self.noisy_inputs)}))
 
-    def noisy_inputs(self, inputs: Any, samples: list[Sample], adapter: Any) -> Any:
+    def noisy_inputs(self, inputs: Any, samples: list[Sample], adapter: BranchAdapter) -> Any:
         """The main batch with each sample's images diffused, seeded per sample."""
         out = type(inputs)(dict(inputs))
         if "pixel_values" not in inputs:

@@ -11,17 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What a plugin may import from mllm-refine (and these modules' submodules).
 PLUGIN_API = ("mllm_refine.components", "mllm_refine.functional", "mllm_refine.hookspecs", "mllm_refine.lazy")
-PLUGIN_EXCEPTIONS = {
-    ("plugins/pai.py", "mllm_refine.data.sample"): "Sample in the branch builder's signature",
-    ("plugins/pai.py", "mllm_refine.engine.branches"): "image_free builds PAI's image-free branch",
-    ("plugins/vcd.py", "mllm_refine.data.sample"): "Sample in the branch builder's signature",
-    ("plugins/vcd.py", "mllm_refine.engine.seeding"): "per-sample noise generators",
-    ("plugins/vicrop/maps.py", "mllm_refine.data.sample"): "maps are computed for samples",
-    ("plugins/vicrop/maps.py", "mllm_refine.engine.prefill"): "ViCrop's extra prefill passes",
-    ("plugins/vicrop/refiner.py", "mllm_refine.data.sample"): "the refiner returns new samples",
-    ("plugins/vicrop/refiner.py", "mllm_refine.engine.prefill"): "ViCrop's extra prefill passes",
-    ("plugins/vicrop/refiner.py", "mllm_refine_plugins.contrastive_attention"): "the contrastive crop's map",
-}
+PLUGIN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # Layers of the package, lowest first; a module may import its own layer and those below.
 LAYERS = (
@@ -30,16 +20,13 @@ LAYERS = (
     ("components",),
     ("functional",),
     ("adapters", "metrics", "processors"),
-    ("plugin_manager", "models"),
+    ("plugin_manager", "models", "adapter_lookup"),
     ("engine",),
     ("recipes", "embedded", "testing"),
     ("lightning", "run", "refiner", "compare", "viz", "integrations"),
     ("cli",),
 )
 LAYER_EXCEPTIONS = {
-    ("mllm_refine.adapters", "mllm_refine.plugin_manager"): "adapter_for looks the model's family up in the registry",
-    ("mllm_refine.components.branch", "mllm_refine.adapters.base"): "the branch builder's signature names the adapter",
-    ("mllm_refine.components.input_refiner", "mllm_refine.engine.decoder"): "refine() receives the decoder",
     ("mllm_refine.hookspecs", "mllm_refine.adapters.base"): "the register callback's type (TYPE_CHECKING)",
     ("mllm_refine.hookspecs", "mllm_refine.components.base"): "the register callback's type (TYPE_CHECKING)",
 }
@@ -64,6 +51,57 @@ def layer_of(module: str) -> int | None:
         if parts[1] in names:
             return i
     raise AssertionError(f"{module}: not in any layer of LAYERS; add it")
+
+
+def runtime_targets(path: Path, modules: set[str]) -> set[str]:
+    """The package modules the file imports when it runs (``TYPE_CHECKING`` blocks left out);
+    ``from pkg import sub`` names the submodule ``pkg.sub`` where it is one."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out & modules
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
 
 
 def module_name(path: Path) -> str:
@@ -94,6 +132,16 @@ def test_no_layer_imports_a_higher_one():
                 found.add((me, target))
     assert found - set(LAYER_EXCEPTIONS) == set(), "imports of a higher layer"
     assert set(LAYER_EXCEPTIONS) - found == set(), "exceptions no longer needed: remove them"
+
+
+def test_no_module_imports_itself_back_at_run_time():
+    paths = {module_name(p): p for p in (ROOT / "mllm_refine").rglob("*.py")}
+    graph = {m: runtime_targets(p, set(paths)) - {m} for m, p in paths.items()}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_the_contract_catches_a_violation(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 import mllm_refine
 from mllm_refine import Prediction, RecipeError, Refiner, Sample
-from mllm_refine.adapters import adapter_for
+from mllm_refine.adapter_lookup import adapter_for
 from mllm_refine.engine import Decoder
 from mllm_refine.recipes.compose import recipe_names
 from mllm_refine.recipes.loader import load_recipe

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.adapters.llava import LlavaAdapter
 from mllm_refine.adapters.llava_next import LlavaNextAdapter
 from mllm_refine.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from mllm_refine.hookspecs import hookimpl
-from mllm_refine.lazy import nn
 
 BUILTIN_ADAPTERS: list[type[ModelAdapter]] = [
     LlavaAdapter,
@@ -26,27 +25,6 @@ def register_adapters(register: Callable[[type], None]) -> None:
         register(cls)
 
 
-class UnsupportedModelError(ValueError):
-    pass
-
-
-def adapter_for(model: nn.Module, processor: Any) -> ModelAdapter:
-    """The registered adapter whose family matches ``model``."""
-    from mllm_refine.plugin_manager import get_registry
-
-    entries = get_registry().entries.get("adapter", {})
-    for entry in entries.values():
-        if entry.obj.matches(model):
-            return entry.obj(model, processor)
-    supported = "; ".join(
-        f"{e.name} ({', '.join(e.obj.model_classes) or ', '.join(e.obj.model_types)})" for e in entries.values()
-    )
-    model_type = getattr(model.config, "model_type", type(model).__name__)
-    raise UnsupportedModelError(
-        f"model type {model_type!r} ({type(model).__name__}) is not supported; supported families: {supported}"
-    )
-
-
 __all__ = [
     "ModelAdapter",
     "LlavaAdapter",
@@ -54,7 +32,5 @@ __all__ = [
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
     "Qwen3VLAdapter",
-    "UnsupportedModelError",
-    "adapter_for",
     "BUILTIN_ADAPTERS",
 ]

@@ -5,8 +5,9 @@ Methods never name a model class; they talk to the adapter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
+from mllm_refine.adapters.image_free import image_free
 from mllm_refine.components.base import ModelInfo
 from mllm_refine.data.sample import Sample
 from mllm_refine.lazy import nn, torch
@@ -169,3 +170,22 @@ class ModelAdapter:
             return self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         finally:
             self.tokenizer.padding_side = side
+
+    def model_inputs(self, samples: list[Sample], pixel_grad: bool = False) -> BatchFeature:
+        """``prepare``'d inputs on the model's device, pixels in the model's dtype: the one
+        preparation the answer pass and every extra pass share. ``pixel_grad``: ``pixel_values``
+        is a leaf that requires grad (ViCrop's pure-grad map)."""
+        inputs = self.prepare(samples).to(self.model.device)
+        pixels = inputs.get("pixel_values")
+        if pixels is not None and pixels.is_floating_point():
+            inputs["pixel_values"] = pixels.to(self.model.dtype)
+            if pixel_grad:
+                inputs["pixel_values"].requires_grad_()
+        return inputs
+
+    def without_images(
+        self, inputs: Mapping[str, torch.Tensor], samples: list[Sample], prompt: Literal["strip", "template"] = "strip"
+    ) -> BatchFeature:
+        """The batch with no images (``adapters.image_free``): ``strip`` cuts each prompt's image
+        markup out, ``template`` rebuilds each sample's prompt without its images."""
+        return image_free(inputs, samples, self, prompt)

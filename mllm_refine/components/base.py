@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from mllm_refine.components.needs import Needs
 
@@ -49,8 +49,16 @@ class Component(ABC):
         """Why this part cannot work beside the other parts of a recipe (a ``Parts``), or None."""
         return None
 
-    def report(self) -> dict[str, Any]:
-        """Per-sample choices of the last request, e.g. ``{"heads": [[...], ...]}`` (lists of length B)."""
+    @property
+    def state_key(self) -> str:
+        """This part's entry in a request's ``state`` (one per part instance): where it keeps what
+        it found during the request, so nothing of one request survives into the next."""
+        return f"{self.name}:{id(self)}"
+
+    def report(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Per-sample choices of the request whose ``state`` (``StepView.state``,
+        ``AttentionRow.state``) is given, e.g. ``{"heads": [[...], ...]}`` (lists of length B).
+        Reads the state; never changes it or the part."""
         return {}
 
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.components.head_filter import AttentionRow, HeadFilter
 from mllm_refine.components.needs import Needs
+from mllm_refine.functional import positions
 from mllm_refine.lazy import nn, torch
 
 ATTENTION_NAME = "mllm_refine"
@@ -180,12 +181,8 @@ class Capture:
         # (B, T) bool: real prompt tokens, False on left padding.
         self.prompt_valid = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         self.prompt_image_keys = self.adapter.image_keys(input_ids)  # (B, T)
-        counts = self.prompt_image_keys.sum(1)  # (B,)
-        width = int(counts.max()) if counts.numel() else 0
         # Padded per-sample index of image positions: (B, I), slots beyond a sample's count masked.
-        order = torch.argsort((~self.prompt_image_keys).to(torch.int8), dim=1, stable=True)
-        self.image_index = order[:, :width]  # (B, I)
-        self.image_slots = torch.arange(width, device=input_ids.device)[None] < counts[:, None]  # (B, I)
+        self.image_index, self.image_slots = positions(self.prompt_image_keys)  # (B, I) each
         self.full_slots = bool(self.image_slots.all())  # every sample has I image tokens: no slot to zero
 
     def image_keys(self, keys: int) -> torch.Tensor:

@@ -14,18 +14,19 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from mllm_refine.adapters import adapter_for
+from mllm_refine.adapter_lookup import adapter_for
+from mllm_refine.components import ModelInfo
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.branches import BranchRunner, check_branches
 from mllm_refine.engine.capture import Capture
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.forcing import TeacherForcing
 from mllm_refine.engine.parts import Parts
-from mllm_refine.engine.prefill import prefill
+from mllm_refine.engine.prefill import PrefillPass, prefill
 from mllm_refine.engine.processor import RefineProcessor
-from mllm_refine.engine.seeding import sample_generators
 from mllm_refine.engine.step_view import StepView
 from mllm_refine.engine.stopping import StopOnStrings
+from mllm_refine.functional import sample_generators
 
 # Explicit neutral values: generate would otherwise fill unset fields from the checkpoint's
 # generation_config, and warpers must run after the parts, inside RefineProcessor.
@@ -54,6 +55,8 @@ class Prediction:
 
 
 class Decoder:
+    """One model and one stack of parts; the ``RefineContext`` its input refiners see."""
+
     def __init__(
         self, model: nn.Module, processor: Any, parts: Parts | None = None, config: DecodeConfig | None = None
     ) -> None:
@@ -66,6 +69,23 @@ class Decoder:
         self.adapter = adapter_for(model, processor)
         self.tokenizer = self.adapter.tokenizer
         self.needs = self.parts.setup(self.adapter.info())
+
+    @property
+    def info(self) -> ModelInfo:
+        """The language model's shape and family (``RefineContext``)."""
+        return self.adapter.info()
+
+    @property
+    def vision_config(self) -> Any:
+        """The model's vision config (``RefineContext``); None for a text-only model."""
+        return getattr(self.model.config, "vision_config", None)
+
+    def prefill(
+        self, samples: list[Sample], layers: list[int], *, grad: bool = False, pixel_grad: bool = False, logits: bool = True
+    ) -> PrefillPass:
+        """One batched forward over ``samples`` keeping the last prompt row of ``layers``
+        (``RefineContext.prefill``; see ``engine.prefill.prefill``)."""
+        return prefill(self.model, self.adapter, samples, layers, grad=grad, pixel_grad=pixel_grad, logits=logits)
 
     def generation_config(self) -> GenerationConfig:
         tok, gen = self.tokenizer, self.model.generation_config
@@ -94,7 +114,7 @@ class Decoder:
         if questions is not None:
             samples = [dataclasses.replace(s, question=q) for s, q in zip(samples, questions, strict=True)]
         with torch.no_grad():
-            p = prefill(self.model, self.adapter, samples, layers, logits=False)
+            p = self.prefill(samples, layers, logits=False)
         counts = p.image_slots.sum(1).tolist()  # (B,) image tokens per sample
         return [{l: p.image_rows(l)[b, :, : counts[b]] for l in layers} for b in range(len(samples))]
 
@@ -104,8 +124,8 @@ class Decoder:
     ) -> list[Prediction]:
         """Answer a batch; one prediction per sample, in order. ``observe(view, logits)`` is called
         at every step of the answer pass (see ``RefineProcessor``)."""
-        samples, new, processor, gc = self._run(samples, observe)
-        reports = {p.name: p.report() for p in self.parts.components()}
+        samples, new, processor, gc, state = self._run(samples, observe)
+        reports = {p.name: p.report(state) for p in self.parts.components()}
         return [self._prediction(b, s, new[b], processor, reports, gc) for b, s in enumerate(samples)]
 
     @torch.no_grad()
@@ -125,8 +145,6 @@ class Decoder:
             self._run(samples, None, force)
         finally:
             self.config = base
-        for p in self.parts.components():
-            p.report()  # per-request state ends with the request
         return force.results()
 
     def _run(
@@ -134,14 +152,13 @@ class Decoder:
         samples: list[Sample],
         observe: Callable[[StepView, torch.Tensor], None] | None,
         force: TeacherForcing | None = None,
-    ) -> tuple[list[Sample], list[list[int]], RefineProcessor, GenerationConfig]:
+    ) -> tuple[list[Sample], list[list[int]], RefineProcessor, GenerationConfig, dict[str, Any]]:
         """One ``generate`` over the batch with the parts installed: (the samples after the input
-        refiners, each row's new tokens, the step processor, the generation config)."""
+        refiners, each row's new tokens, the step processor, the generation config, the request's
+        state, where the parts kept what they found)."""
         for refiner in self.parts.input_refiners:
             samples = refiner.refine(samples, self)
-        inputs = self.adapter.prepare(samples).to(self.model.device)
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = self.adapter.model_inputs(samples)
         capture = Capture(self.adapter, self.needs, self.parts.head_filters)
         capture.begin(inputs["input_ids"], inputs, samples)
         if self.needs.branches:
@@ -165,7 +182,7 @@ class Decoder:
                 logits_processor=LogitsProcessorList([processor]),
                 stopping_criteria=stopping,
             )
-        return samples, out[:, prompt_length:].tolist(), processor, gc  # new tokens: (B, N)
+        return samples, out[:, prompt_length:].tolist(), processor, gc, capture.state  # new tokens: (B, N)
 
     def _prediction(
         self, b: int, sample: Sample, tokens: list[int], processor: RefineProcessor, reports: dict, gc: GenerationConfig

@@ -13,12 +13,13 @@ probes: the blocks above cannot change them.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.capture import _CAPTURE_ATTR, _row_key_mask, refine_attention_on, row_output, row_scores
+from mllm_refine.functional import positions
 from mllm_refine.lazy import nn, torch
 
 
@@ -116,29 +117,30 @@ def stop_after(adapter: ModelAdapter, block: int | None) -> Iterator[None]:
 
 @dataclass
 class PrefillPass:
-    """One forward over a batch: its inputs, last-position logits and kept attention rows."""
+    """One forward over a batch: its inputs, last-position logits and kept attention rows
+    (``components.PrefillView``)."""
 
     inputs: Any  # the prepared batch (``pixel_values`` holds ``.grad`` after a backward)
     logits: torch.Tensor | None  # (B, V) at the last prompt position; None for a rows-only pass
     rows: dict[int, torch.Tensor]  # layer -> (B, H, K)
     image_index: torch.Tensor  # (B, I) key position of each sample's i-th image token
     image_slots: torch.Tensor  # (B, I) bool: slots that hold an image token
+    adapter: ModelAdapter = field(repr=False)
+
+    def image_grids(self) -> list[list[tuple[int, int]]]:
+        """Per sample, the ``(rows, cols)`` grid of each block of its image tokens."""
+        return self.adapter.image_grid(self.inputs)
+
+    @property
+    def row_end_tokens(self) -> tuple[int, ...]:
+        """Per grid of one image, the extra tokens that end each of its rows."""
+        return self.adapter.row_end_tokens
 
     def image_rows(self, layer: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, H, I)``: the row of ``layer`` (or ``rows``, e.g. its gradient) at the image tokens."""
         r = self.rows[layer] if rows is None else rows  # (B, H, K)
         index = self.image_index[:, None, :].expand(r.shape[0], r.shape[1], -1)  # (B, H, I)
         return r.gather(2, index) * self.image_slots[:, None, :]
-
-
-def image_positions(adapter: ModelAdapter, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, I)`` key positions of each sample's image tokens, and ``(B, I)`` bool valid slots."""
-    keys = adapter.image_keys(input_ids)  # (B, T)
-    counts = keys.sum(1)  # (B,)
-    width = int(counts.max()) if counts.numel() else 0
-    order = torch.argsort((~keys).to(torch.int8), dim=1, stable=True)  # image positions first, in order
-    slots = torch.arange(width, device=input_ids.device)[None] < counts[:, None]
-    return order[:, :width], slots
 
 
 def prefill(
@@ -158,20 +160,16 @@ def prefill(
     ``logits``; otherwise nothing is recorded for autograd. ``logits=False``: only the rows are
     wanted, so the forward ends after block ``max(layers)`` and ``PrefillPass.logits`` is None.
     """
-    inputs = adapter.prepare(samples).to(model.device)
-    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        if pixel_grad:
-            inputs["pixel_values"].requires_grad_()
+    inputs = adapter.model_inputs(samples, pixel_grad=pixel_grad)
     probe = probe or RowProbe(adapter, layers, grad=grad)
-    index, slots = image_positions(adapter, inputs["input_ids"])
+    index, slots = positions(adapter.image_keys(inputs["input_ids"]))  # (B, I) each
     last = None
     upto = None if logits or not layers else max(layers)
     with torch.set_grad_enabled(grad or pixel_grad), probe.installed(), stop_after(adapter, upto):
         out = model(**forward_kwargs(model, inputs), use_cache=False, logits_to_keep=1)
         last = out.logits[:, -1]
         last = last.to(torch.promote_types(last.dtype, torch.float32))  # (B, V)
-    return PrefillPass(inputs, last, probe.rows, index, slots)
+    return PrefillPass(inputs, last, probe.rows, index, slots, adapter)
 
 
-__all__ = ["PrefillPass", "RowProbe", "forward_kwargs", "image_positions", "prefill", "stop_after"]
+__all__ = ["PrefillPass", "RowProbe", "forward_kwargs", "prefill", "stop_after"]

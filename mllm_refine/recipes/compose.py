@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from mllm_refine.plugin_manager import get_registry
+from mllm_refine.recipes import safe_yaml
 from mllm_refine.recipes.schema import RecipeError, suggest
 
 Key = tuple[str | int, ...]  # a value's path: mapping keys and list indices
@@ -33,8 +35,6 @@ OWN_KEYS = ("name", "description")
 def recipe_names() -> dict[str, Path]:
     """Every recipe reachable by bare name: those registered through ``register_recipes``, the
     shipped ones (``mllm_refine_recipes``) included."""
-    from mllm_refine.plugin_manager import get_registry
-
     return {e.name: Path(e.obj) for e in get_registry().entries.get("recipe", {}).values()}
 
 
@@ -57,10 +57,25 @@ def find_recipe(ref: str, relative_to: Path | None, where: str) -> Path:
     return names[ref]
 
 
+def read_yaml_node(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """A recipe file's mapping and its YAML node (for the line of each key)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe file not found")
+    try:
+        raw, node = safe_yaml.compose_and_load(p.read_text(encoding="utf-8"))
+    except safe_yaml.RecipeYAMLError as e:
+        raise RecipeError(f"{p}{f':{e.line}' if e.line else ''}: not a valid recipe YAML ({e.problem})") from e
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from e
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{p}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    return raw, node
+
+
 def read_with_origins(path: Path) -> tuple[dict[str, Any], Origins]:
     """A recipe file's mapping (``safe_yaml``) and the line of every key and list item."""
-    from mllm_refine.recipes.loader import read_yaml_node
-
     raw, node = read_yaml_node(path)  # checks the file, the YAML and that it is a mapping
     origins: Origins = {}
     if node is not None:

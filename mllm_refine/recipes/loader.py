@@ -13,14 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mllm_refine.components import KINDS, PART_KINDS
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.parts import ConflictError, Parts
 from mllm_refine.plugin_manager import get_registry
 from mllm_refine.recipes import safe_yaml
-from mllm_refine.recipes.compose import Origins, drop_origins, find_recipe, is_name, origin_of, override_origins, resolve
+from mllm_refine.recipes.compose import (
+    Origins,
+    drop_origins,
+    find_recipe,
+    is_name,
+    origin_of,
+    override_origins,
+    read_yaml_node,
+    resolve,
+)
 from mllm_refine.recipes.schema import RecipeError, build_dataclass, suggest
 
 TOP_LEVEL = {
@@ -92,23 +99,6 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any, text: str) 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     return read_yaml_node(path)[0]
-
-
-def read_yaml_node(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
-    """A recipe file's mapping and its YAML node (for the line of each key)."""
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"{p}: recipe file not found")
-    try:
-        raw, node = safe_yaml.compose_and_load(p.read_text(encoding="utf-8"))
-    except safe_yaml.RecipeYAMLError as e:
-        raise RecipeError(f"{p}{f':{e.line}' if e.line else ''}: not a valid recipe YAML ({e.problem})") from e
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from e
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{p}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    return raw, node
 
 
 def _component(kind: str, spec: Any, where: str):

@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mllm_refine.data.sample import Sample
-from mllm_refine.engine.prefill import PrefillPass, prefill
+from mllm_refine.components import PrefillView, RefineContext, Sample
 from mllm_refine.lazy import F, torch
 
 
-def token_maps(p: PrefillPass, values: torch.Tensor, adapter: Any, finest: bool = True) -> list[torch.Tensor]:
+def token_maps(p: PrefillView, values: torch.Tensor, finest: bool = True) -> list[torch.Tensor]:
     """Per row ``b`` of ``values`` (n, I), sample ``b`` of the pass: ``(R, C)``, its values placed on a grid of its
     first image (the finest of that image's grids, e.g. LLaVA-NeXT's stitched tiles; or the
     first, e.g. its base view); row-end tokens (newlines) are dropped."""
-    grids = adapter.image_grid(p.inputs)  # per sample of the pass: [(rows, cols), ...]
-    ends = adapter.row_end_tokens
+    grids = p.image_grids()  # per sample of the pass: [(rows, cols), ...]
+    ends = p.row_end_tokens
     out = []
     for b in range(values.shape[0]):  # the first rows of the pass
         sample_grids = grids[b]
@@ -54,28 +53,28 @@ def _v(logits: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1).max(-1).values
 
 
-def rel_att(model: Any, adapter: Any, samples: list[Sample], layer: int, generic: str) -> list[torch.Tensor]:
+def rel_att(context: RefineContext, samples: list[Sample], layer: int, generic: str) -> list[torch.Tensor]:
     """``A(q) / A(q')`` per sample; one forward over ``2B`` prompts, up to block ``layer``."""
     B = len(samples)
-    p = prefill(model, adapter, samples + _with_question(samples, generic), [layer], logits=False)
+    p = context.prefill(samples + _with_question(samples, generic), [layer], logits=False)
     a = p.image_rows(layer).mean(1)  # (2B, I) head mean
     ratio = a[:B] / a[B:].clamp_min(torch.finfo(a.dtype).tiny)  # (B, I)
-    return token_maps(p, ratio, adapter)
+    return token_maps(p, ratio)
 
 
-def grad_att(model: Any, adapter: Any, samples: list[Sample], layer: int) -> list[torch.Tensor]:
+def grad_att(context: RefineContext, samples: list[Sample], layer: int) -> list[torch.Tensor]:
     """``mean_h A * relu(dv/dA)`` per sample; one forward and one backward."""
-    p = prefill(model, adapter, samples, [layer], grad=True)
+    p = context.prefill(samples, [layer], grad=True)
     with torch.enable_grad():  # samples are independent: one backward of the sum gives each its own
         (grad,) = torch.autograd.grad(_v(p.logits).sum(), [p.rows[layer]])  # (B, H, K)
     a = p.image_rows(layer).detach()  # (B, H, I)
     g = p.image_rows(layer, grad)  # (B, H, I)
-    return token_maps(p, (a * g.clamp_min(0)).mean(1), adapter)
+    return token_maps(p, (a * g.clamp_min(0)).mean(1))
 
 
-def input_gradients(model: Any, adapter: Any, samples: list[Sample]) -> tuple[PrefillPass, torch.Tensor]:
+def input_gradients(context: RefineContext, samples: list[Sample]) -> tuple[PrefillView, torch.Tensor]:
     """``dv/dx`` of the batch's ``pixel_values`` (same shape), one forward and one backward."""
-    p = prefill(model, adapter, samples, [], pixel_grad=True)
+    p = context.prefill(samples, [], pixel_grad=True)
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(_v(p.logits).sum(), [p.inputs["pixel_values"]])
     return p, grad
@@ -122,16 +121,15 @@ def high_pass_mask(image: Image.Image, size: tuple[int, int], blur: int = 3, med
 
 
 def pure_grad(
-    model: Any, adapter: Any, samples: list[Sample], generic: str, high_pass: bool = True, blur: int = 3, median: int = 7
+    context: RefineContext, samples: list[Sample], generic: str, high_pass: bool = True, blur: int = 3, median: int = 7
 ) -> list[torch.Tensor]:
     """``||dv/dx||_2`` specific over generic, high-pass masked, pooled to each token cell."""
     B = len(samples)
-    p, grad = input_gradients(model, adapter, samples + _with_question(samples, generic))
-    vision = model.config.vision_config
-    planes = pixel_planes(grad, p.inputs, vision)
+    p, grad = input_gradients(context, samples + _with_question(samples, generic))
+    planes = pixel_planes(grad, p.inputs, context.vision_config)
     first = [sum(len(s.images) for s in samples[:b]) for b in range(B)]  # batch image of each first image
     shift = sum(len(s.images) for s in samples)  # the generic half's images follow
-    grids = adapter.image_grid(p.inputs)
+    grids = p.image_grids()
     out = []
     for b, s in enumerate(samples):
         g = planes[first[b]].norm(dim=0) / planes[first[b] + shift].norm(dim=0).clamp_min(1e-30)  # (H', W')

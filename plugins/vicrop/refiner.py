@@ -23,18 +23,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mllm_refine.components import InputRefiner, ModelInfo, resolve_layers
-from mllm_refine.data.sample import Sample
-from mllm_refine.engine.prefill import prefill
-from mllm_refine.lazy import F, torch
-from mllm_refine_plugins.contrastive_attention import (
-    LLAVA_FUSION,
-    LLAVA_REVIEW,
-    REVIEW_FAMILIES,
+from mllm_refine.components import InputRefiner, ModelInfo, RefineContext, Sample, resolve_layers
+from mllm_refine.functional import (
+    CONTRASTIVE_DEPTH,
+    CONTRASTIVE_FUSION,
+    CONTRASTIVE_REVIEW,
+    CONTRASTIVE_REVIEW_FAMILIES,
     contrastive_map,
     head_mean_map,
-    scaled,
+    scale_blocks,
 )
+from mllm_refine.lazy import F, torch
 from mllm_refine_plugins.vicrop import maps
 from mllm_refine_plugins.vicrop.box import best_box, split_grid, split_image, stitch
 
@@ -68,7 +67,7 @@ def default_crop_size(vision_config: Any) -> int:
 
 @dataclass
 class CropRefiner(InputRefiner):
-    """Shared steps of the crop refiners; subclasses compute ``maps_of(samples, decoder)``."""
+    """Shared steps of the crop refiners; subclasses compute ``maps_of(samples, context)``."""
 
     ratios: list[float] = field(default_factory=lambda: list(RATIOS))  # window sizes, times crop_size
     crop_size: int | None = None  # crop base in px; None: vision_config.image_size, else 224
@@ -88,11 +87,11 @@ class CropRefiner(InputRefiner):
         if self.split != "never" and self.split_size < 1:
             raise ValueError(f"split_size: {self.split_size} must be at least 1 px")
 
-    def maps_of(self, samples: list[Sample], decoder: Any) -> list[torch.Tensor]:
+    def maps_of(self, samples: list[Sample], context: RefineContext) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def refine(self, samples: list[Sample], decoder: Any) -> list[Sample]:
-        size = self.crop_size or default_crop_size(decoder.model.config.vision_config)
+    def refine(self, samples: list[Sample], context: RefineContext) -> list[Sample]:
+        size = self.crop_size or default_crop_size(context.vision_config)
         # Each sample's first image, split into blocks if asked; all blocks mapped in one batch.
         jobs, layout = [], []
         for s in samples:
@@ -107,7 +106,7 @@ class CropRefiner(InputRefiner):
             blocks = split_image(s.images[0], cols, rows) if cols * rows > 1 else [s.images[0]]
             layout.append((len(jobs), cols, rows))
             jobs += [dataclasses.replace(s, images=[block]) for block in blocks]
-        found = self.maps_of(jobs, decoder) if jobs else []
+        found = self.maps_of(jobs, context) if jobs else []
         out = []
         for s, where in zip(samples, layout):
             if where is None:
@@ -144,13 +143,12 @@ class ViCrop(CropRefiner):
         layer = default_layer(info) if self.layer is None else self.layer
         (self._layer,) = resolve_layers([layer], info.num_layers, "layer")
 
-    def maps_of(self, samples: list[Sample], decoder: Any) -> list[torch.Tensor]:
-        model, adapter = decoder.model, decoder.adapter
+    def maps_of(self, samples: list[Sample], context: RefineContext) -> list[torch.Tensor]:
         if self.method == "rel_att":
-            return maps.rel_att(model, adapter, samples, self._layer, self.generic)
+            return maps.rel_att(context, samples, self._layer, self.generic)
         if self.method == "grad_att":
-            return maps.grad_att(model, adapter, samples, self._layer)
-        return maps.pure_grad(model, adapter, samples, self.generic, self.high_pass, self.blur, self.median)
+            return maps.grad_att(context, samples, self._layer)
+        return maps.pure_grad(context, samples, self.generic, self.high_pass, self.blur, self.median)
 
 
 @dataclass
@@ -164,14 +162,15 @@ class ContrastiveCrop(CropRefiner):
     def setup(self, info: ModelInfo) -> None:
         super().setup(info)
         L = info.num_layers
-        self._fusion = resolve_layers(self.fusion or scaled(LLAVA_FUSION, L), L, "fusion")
-        review = scaled((LLAVA_REVIEW,), L)[0] if info.family in REVIEW_FAMILIES else L
+        fusion = self.fusion or scale_blocks(CONTRASTIVE_FUSION, L, CONTRASTIVE_DEPTH)
+        self._fusion = resolve_layers(fusion, L, "fusion")
+        review = scale_blocks((CONTRASTIVE_REVIEW,), L, CONTRASTIVE_DEPTH)[0] if info.family in CONTRASTIVE_REVIEW_FAMILIES else L
         (self._final,) = resolve_layers([review if self.final is None else self.final], L, "final")
 
-    def maps_of(self, samples: list[Sample], decoder: Any) -> list[torch.Tensor]:
+    def maps_of(self, samples: list[Sample], context: RefineContext) -> list[torch.Tensor]:
         layers = sorted({*self._fusion, self._final})
         with torch.no_grad():
-            p = prefill(decoder.model, decoder.adapter, samples, layers, logits=False)
+            p = context.prefill(samples, layers, logits=False)
         abar = {layer: head_mean_map(p.image_rows(layer), p.image_slots) for layer in layers}  # l -> (B, I)
         contrast, _ = contrastive_map(abar, self._fusion, self._final)  # (B, I) I_A
-        return maps.token_maps(p, contrast, decoder.adapter)
+        return maps.token_maps(p, contrast)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from mllm_refine.components import AttentionRow, HeadFilter, ModelInfo, Needs, first_grid_maps, resolve_layers
 from mllm_refine.lazy import F, torch
@@ -85,7 +85,6 @@ class VRGAFilter(HeadFilter):
         self._early = resolve_layers(self.early or list(range(1, max(1, L // 4) + 1)), L, "early")
         blocks = self.layers or list(range(1, L + 1))
         self._reweight = [] if self.gamma == 0 else resolve_layers(blocks, L, "layers")
-        self._report: dict[str, list] = {}
 
     def active_layers(self) -> list[int]:
         # The last block too: its prefill call runs the analysis.
@@ -155,7 +154,7 @@ class VRGAFilter(HeadFilter):
             boost = sequence_neighbours(centres, slots, self.radius)  # (B, I)
         keys = torch.zeros(index.shape[0], T + 1, dtype=torch.bool, device=index.device)
         keys.scatter_(1, torch.where(slots, index, T), boost)  # padding slots go to the extra column
-        self._report = {
+        row.state[self.state_key + ":report"] = {
             "visual_heads": [[[layers[n // H], n % H] for n in v.nonzero().flatten().tolist()] for v in visual.cpu()],
             "focus": [f.nonzero().flatten().tolist() for f in focus.cpu()],
             "map": first_grid_maps(ref, row.image_grid, row.row_end_tokens),  # A_ref on the image grid
@@ -163,7 +162,7 @@ class VRGAFilter(HeadFilter):
         return keys[:, :T]
 
     def probs(self, probs: torch.Tensor, row: AttentionRow) -> torch.Tensor:
-        key = f"{self.name}:{id(self)}"
+        key = self.state_key
         if row.step == 0:
             if row.layer == self.info.num_layers:
                 row.state[key] = self.analyse(row, probs)
@@ -183,9 +182,8 @@ class VRGAFilter(HeadFilter):
         p = torch.addcmul(probs, probs, engaged.to(probs.dtype)[:, :, None] * boost)  # (B, H, K): a * (1 + gamma)
         return p / p.sum(-1, keepdim=True)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Per sample: the visual heads ``[block, head]``, the focus tokens (indices among the
         sample's image tokens, before the skip and the neighbours) and ``A_ref`` on the image
         grid (``map``) of the prefill analysis."""
-        out, self._report = self._report, {}
-        return out
+        return dict(state.get(self.state_key + ":report", {}))

@@ -7,6 +7,7 @@ import torch
 from adapter_doubles import Probe
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mllm_refine.adapter_lookup import UnsupportedModelError, adapter_for
 from mllm_refine.adapters import (
     BUILTIN_ADAPTERS,
     LlavaAdapter,
@@ -15,8 +16,6 @@ from mllm_refine.adapters import (
     Qwen2_5_VLAdapter,
     Qwen2VLAdapter,
     Qwen3VLAdapter,
-    UnsupportedModelError,
-    adapter_for,
 )
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine import DecodeConfig, Decoder, Parts

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mllm_refine.adapters import adapter_for
+from mllm_refine.adapter_lookup import adapter_for
 from mllm_refine.data.scenes import EasyVQAScenes
 from mllm_refine.embedded import qwen_spec, spec
 from mllm_refine.engine import DecodeConfig, Decoder, Parts

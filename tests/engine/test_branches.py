@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mllm_refine.adapters import adapter_for
+from mllm_refine.adapter_lookup import adapter_for
+from mllm_refine.adapters.image_free import image_free, strip_images
 from mllm_refine.components import LogitCombiner, Needs
 from mllm_refine.components.branch import Branch
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
-from mllm_refine.engine.branches import image_free, strip_images
 from mllm_refine.testing.tiny_models import tiny_llava, tiny_qwen2_vl
 from tests.conftest import make_samples
 
@@ -74,7 +74,7 @@ class FreeEcho(LogitCombiner):
         return Needs(branches=frozenset({Branch("free", self.inputs)}))
 
     def inputs(self, inputs, samples, adapter):
-        return image_free(inputs, samples, adapter, self.prompt)
+        return adapter.without_images(inputs, samples, self.prompt)
 
     def combine(self, view, layer):
         self.seen = getattr(self, "seen", []) + [view.branch_logits("free").clone()]

@@ -56,3 +56,18 @@ def test_sampled_batch_equals_single_samples(llava, samples):
     assert batched == single  # a sample's draws never depend on its batch
     reordered = [p.tokens for p in decoder.generate(samples[::-1])][::-1]
     assert reordered == batched
+
+
+def test_a_request_reports_only_its_own_choices(llava, samples):
+    from mllm_refine_plugins.dualpd import HeadNormFilter
+
+    model, processor = llava
+    f = HeadNormFilter(ratio=0.5, gamma=0.5)
+    decoder = Decoder(model, processor, Parts(head_filters=[f]), DecodeConfig(max_new_tokens=2))
+    decoder.loglikelihood(samples[:3], ["a b"] * 3)  # a request whose state nobody reads
+    first = decoder.generate(samples[:2])
+    (alone,) = decoder.generate(samples[1:2])
+    assert [len(p.choices["head_norm_filter.heads"]) for p in first] == [len(alone.choices["head_norm_filter.heads"])] * 2
+    assert alone.choices == first[1].choices  # the same sample, in a new request of another size
+    # What setup derived, and nothing a request wrote: the part holds no per-request state.
+    assert vars(f).keys() <= {*(p.name for p in f.params()), "info", "count", "_layers"}

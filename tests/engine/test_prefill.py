@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mllm_refine.adapters import adapter_for
+from mllm_refine.adapter_lookup import adapter_for
 from mllm_refine.engine.prefill import prefill
 from tests.conftest import make_samples
 

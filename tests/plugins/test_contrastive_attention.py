@@ -10,9 +10,10 @@ import torch
 from mllm_refine.components import AttentionRow, HeadFilter, LogitCombiner, ModelInfo, Needs
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.engine.parts import ConflictError
+from mllm_refine.functional import contrastive_map, head_mean_map
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing.choices import same_choices
-from mllm_refine_plugins.contrastive_attention import ContrastiveAttentionMask, contrastive_map, head_mean_map
+from mllm_refine_plugins.contrastive_attention import ContrastiveAttentionMask
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,8 @@ def test_mask_by_hand():
         ]
     )  # (B=2, H=2, K=5)
     early = torch.tensor([[[0.2, 0.2, 0.4], [0.2, 0.2, 0.4]], [[0.3, 0.1, 0.0], [0.3, 0.1, 0.0]]])  # (B, H, I)
-    out = f.probs(probs, _row(5, {2: early}, index, slots))
+    row = _row(5, {2: early}, index, slots)
+    out = f.probs(probs, row)
     # Sample 0: Abar_4 = mean([.5, .25, .25], [1/3] * 3) = [5/12, 7/24, 7/24]; Abar_2 = [.25, .25, .5];
     # I_A = [1/6, 1/24, -5/24]: round(0.5 * 3) = 2 lowest -> keys 3 and 2 masked.
     # Sample 1: Abar_4 = mean([.5, .5], [1/6, 5/6]) = [1/3, 2/3]; Abar_2 = [.75, .25]; I_A = [-5/12, 5/12]:
@@ -107,7 +109,7 @@ def test_mask_by_hand():
     )
     torch.testing.assert_close(out, expected / expected.sum(-1, keepdim=True))
     torch.testing.assert_close(out.sum(-1), torch.ones(2, 2))
-    assert f.report() == {"i_star": [2, 2]}
+    assert f.report(row.state) == {"i_star": [2, 2]}
     half = ContrastiveAttentionMask(fusion=[2], review=4, ratio=0.5, weight=0.5)
     half.setup(_info(4))
     out = half.probs(probs, _row(5, {2: early}, index, slots))
@@ -187,8 +189,8 @@ def test_report_lays_i_a_on_the_image_grid():
     row.image_grid = [[(2, 2)], [(1, 4)]]
     f.probs(probs, row)
     # I_A = 1/4 - Abar_2, as (rows, cols) of each sample's grid.
-    report = f.report()
+    report = f.report(row.state)
     f64 = torch.float64
     torch.testing.assert_close(torch.tensor(report["map"][0], dtype=f64), torch.tensor([[-0.15, 0.05], [0.05, 0.05]], dtype=f64))
     torch.testing.assert_close(torch.tensor(report["map"][1], dtype=f64), torch.tensor([[0.15, 0.15, 0.15, -0.45]], dtype=f64))
-    assert report["i_star"] == [2, 2] and f.report() == {}
+    assert report["i_star"] == [2, 2] and f.report(row.state) == report and f.report({}) == {}

@@ -16,8 +16,7 @@ from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, L
 from mllm_refine.components import ModelInfo
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
-from mllm_refine.engine.seeding import sample_seed
-from mllm_refine.functional import relative_top
+from mllm_refine.functional import relative_top, sample_seed
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing.tiny_models import LLAVA_TEMPLATE, tiny_llava
 from mllm_refine.testing.tiny_tokenizer import tiny_tokenizer

@@ -86,12 +86,14 @@ def test_head_filter_decays_lowest_norm_heads_by_hand():
             [[0.1, 0.1], [1.0, 0.0], [2.0, 2.0], [0.0, 5.0]],  # norms 0.14, 1, 2.83, 5 -> head 0
         ]
     )  # (B=2, H=4, K=2)
-    out = f.scores(scores, _row(2, 2))
+    row = _row(2, 2)
+    out = f.scores(scores, row)
     expected = scores.clone()
     expected[0, 1] *= 0.5
     expected[1, 0] *= 0.5
     torch.testing.assert_close(out, expected)
-    assert f.report() == {"heads": [{1: [1]}, {1: [0]}]}
+    assert f.report(row.state) == {"heads": [{1: [1]}, {1: [0]}]}
+    assert f.report(row.state) == f.report(row.state) and f.report({}) == {}  # it reads, never resets
 
 
 def test_head_filter_norm_ignores_padding_keys():

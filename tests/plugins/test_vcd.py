@@ -14,7 +14,7 @@ from mllm_refine.components import HeadFilter, LogitCombiner, Needs
 from mllm_refine.components.branch import Branch
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.engine.processor import post_processors
-from mllm_refine.engine.seeding import sample_seed
+from mllm_refine.functional import sample_seed
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing import TINY_RUN
 from mllm_refine.testing.tiny_models import tiny_llava, tiny_qwen2_vl

@@ -182,7 +182,7 @@ def run_plugin(grids, seed, **params):
     f.setup(ModelInfo(num_layers=L, num_heads=H, num_kv_heads=H, hidden_size=8, vocab_size=5, family="test"))
     row = plugin_row(rows, valid, image, grids)
     keys = f.analyse(row, rows[-1])  # (B, T)
-    report = f.report()
+    report = f.report(row.state)
     boosted = []
     for b in range(len(grids)):
         index = row.image_index[b, : int(image[b].sum())]

@@ -79,7 +79,7 @@ class FakeCrop(InputRefiner):
 
     name = "fake_crop"
 
-    def refine(self, samples, decoder):
+    def refine(self, samples, context):
         out = []
         for s in samples:
             meta = {**s.meta, "fake_crop": {"box": [4, 6, 40, 44], "map": [[0.0, 1.0], [2.0, 0.5]]}}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm_refine.adapters import adapter_for
+from mllm_refine.adapter_lookup import adapter_for
 from mllm_refine.components import ModelInfo
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
 from mllm_refine.engine.prefill import RowProbe, forward_kwargs, prefill
@@ -35,7 +35,7 @@ def test_high_pass_mask_marks_texture_not_flat_areas():
 @pytest.fixture(scope="module")
 def llava64():
     model, processor = tiny_llava(dtype=torch.float64)
-    return model, adapter_for(model, processor)
+    return model, adapter_for(model, processor), Decoder(model, processor)
 
 
 def _v(logits: torch.Tensor) -> torch.Tensor:
@@ -56,7 +56,7 @@ class Nudge(RowProbe):
 
 
 def test_grad_att_gradient_matches_finite_differences(llava64):
-    model, adapter = llava64
+    model, adapter, _ = llava64
     samples, layer = make_samples(2), 3
     p = prefill(model, adapter, samples, [layer], grad=True)
     with torch.enable_grad():
@@ -72,9 +72,9 @@ def test_grad_att_gradient_matches_finite_differences(llava64):
 
 
 def test_pure_grad_gradient_matches_finite_differences(llava64):
-    model, adapter = llava64
+    model, adapter, _ = llava64
     samples = make_samples(2)
-    _, grad = input_gradients(model, adapter, samples)  # (N, 3, 32, 32)
+    _, grad = input_gradients(llava64[2], samples)  # (N, 3, 32, 32)
     inputs = adapter.prepare(samples)
     inputs["pixel_values"] = inputs["pixel_values"].double()
     eps = 1e-2  # central differences; the tiny model's logits carry ~1e-6 of rounding noise
@@ -199,8 +199,9 @@ def test_rel_att_and_grad_att_match_the_authors(factory):
     adapter = adapter_for(model, processor)
     eager, _ = _eager(factory)
     samples, layer = make_samples(3), 4
-    rel = maps.rel_att(model, adapter, samples, layer, GENERIC)
-    grad = maps.grad_att(model, adapter, samples, layer)
+    context = Decoder(model, processor)
+    rel = maps.rel_att(context, samples, layer, GENERIC)
+    grad = maps.grad_att(context, samples, layer)
     for b, s in enumerate(samples):
         generic = dataclasses.replace(s, question=GENERIC)
         want = _last_row_map(eager, adapter, s, layer) / _last_row_map(eager, adapter, generic, layer)
@@ -214,7 +215,7 @@ def test_pure_grad_matches_the_authors():
     model, processor = tiny_llava()
     adapter = adapter_for(model, processor)
     samples = make_samples(2)
-    got = maps.pure_grad(model, adapter, samples, GENERIC)
+    got = maps.pure_grad(Decoder(model, processor), samples, GENERIC)
     P = model.config.vision_config.patch_size
     for b, s in enumerate(samples):
         norms = []
