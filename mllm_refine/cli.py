@@ -171,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     run.add_argument("--trust-remote-code", action="store_true",
                      help="let a checkpoint run its own code; the recipe must also set model.trust_remote_code: true")  # fmt: skip
-    cmp = sub.add_parser("compare", help=cmd_compare.__doc__.split(":")[0], description=cmd_compare.__doc__)
+    cmp = sub.add_parser("compare", help=str(cmd_compare.__doc__).split(":")[0], description=cmd_compare.__doc__)
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each with predictions.jsonl and recipe.yaml)")
     cmp.add_argument("--baseline", action="append", default=[], metavar="DIR",
                      help="baseline run (default: the run whose recipe has no parts); once per benchmark")  # fmt: skip
@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     sub.add_parser("plugins", help=cmd_plugins.__doc__, description=cmd_plugins.__doc__)
-    ins = sub.add_parser("inspect", help=cmd_inspect.__doc__.split(":")[0], description=cmd_inspect.__doc__)
+    ins = sub.add_parser("inspect", help=str(cmd_inspect.__doc__).split(":")[0], description=cmd_inspect.__doc__)
     ins.add_argument("recipe", help="recipe YAML file")
     ins.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key")
     ins.set_defaults(overrides=[])
@@ -197,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     show = rsub.add_parser("show", help=cmd_recipe_show.__doc__, description=cmd_recipe_show.__doc__)
     show.add_argument("recipe", help="recipe YAML file or recipe name")
     show.add_argument("overrides", nargs="*", metavar="key=value")
-    ref = rsub.add_parser("reference", help=cmd_recipe_reference.__doc__.split(" as ")[0],
+    ref = rsub.add_parser("reference", help=str(cmd_recipe_reference.__doc__).split(" as ")[0],
                           description=cmd_recipe_reference.__doc__)  # fmt: skip
     ref.add_argument("--output", "-o", help="Markdown file to write (default: stdout), e.g. docs/reference/components.md")
     ref.add_argument("--all", action="store_true", help="every installed plugin's components, not only mllm-refine's")

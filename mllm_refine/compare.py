@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -156,16 +156,16 @@ def table(runs: list[Run], baselines: list[Run], resamples: int = 1000, seed: in
     cells: dict[tuple[str, str], str] = {}
     notes = []
     for key, group in benches.items():
-        b = base.get(key)
+        ref = base.get(key)
         for r in group:
             text = _cell(score(r))
-            if b is not None and r is not b:
-                text += " " + _delta(r, b, resamples, seed)
-            elif r is b:
+            if ref is not None and r is not ref:
+                text += " " + _delta(r, ref, resamples, seed)
+            elif r is ref:
                 text += " (baseline)"
             cells[(row_of[id(r)], key)] = text
         metric = group[0].metric
-        notes.append(f"- {labels[key]}: {metric}; baseline {'none' if b is None else f'{b.name} ({b.path})'}")
+        notes.append(f"- {labels[key]}: {metric}; baseline {'none' if ref is None else f'{ref.name} ({ref.path})'}")
         models = sorted({r.model for r in group})
         if len(models) > 1:
             notes.append(f"- {labels[key]}: the runs use {len(models)} models ({'; '.join(models)}): deltas compare models too")
@@ -234,7 +234,7 @@ def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None
 
 
 def compare(
-    folders: list[str], baselines: list[str] = (), output: str | None = None, resamples: int = 1000, seed: int = 0
+    folders: list[str], baselines: Sequence[str] = (), output: str | None = None, resamples: int = 1000, seed: int = 0
 ) -> tuple[str, Path]:
     """Build the table for ``folders`` and write it to ``output`` (default: ``compare.md`` next to
     the first run)."""

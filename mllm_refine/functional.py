@@ -43,7 +43,8 @@ def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     >>> hellinger(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])).item()
     1.0
     """
-    return (p.clamp_min(0).sqrt() - q.clamp_min(0).sqrt()).norm(dim=-1) / math.sqrt(2)
+    d: torch.Tensor = (p.clamp_min(0).sqrt() - q.clamp_min(0).sqrt()).norm(dim=-1)  # (...)
+    return d / math.sqrt(2)
 
 
 def contrast(

@@ -84,6 +84,7 @@ def load_model(
         raise ModelLoadError("model.trust_remote_code: true also needs --trust-remote-code on the command line")
     torch_dtype = resolve_dtype(dtype)
     models = get_registry().entries.get("model", {})
+    model: Any  # a transformers model
     if path in models:
         model, processor = models[path].obj(dtype=torch_dtype)
         return model.to(device).eval(), processor

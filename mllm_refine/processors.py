@@ -14,7 +14,7 @@ from typing import Any
 IMAGE_PARTS = ("image_processor", "tokenizer")
 
 
-def image_only_class(processor_class: type) -> type | None:
+def image_only_class(processor_class: Any) -> Any:
     """``processor_class`` with only :data:`IMAGE_PARTS` as sub-processors, or ``None`` when it
     lacks one of them or has nothing else to leave out.
 
@@ -43,7 +43,7 @@ def image_only_class(processor_class: type) -> type | None:
     return type(name, (processor_class,), {"__init__": __init__, "__qualname__": name, "__module__": __name__})
 
 
-def _processor_class(path: str, trust_remote_code: bool) -> type | None:
+def _processor_class(path: str, trust_remote_code: bool) -> Any:
     """The processor class transformers maps the checkpoint's model type to, if any."""
     from transformers import AutoConfig
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING

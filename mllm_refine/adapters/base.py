@@ -5,7 +5,7 @@ Methods never name a model class; they talk to the adapter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, cast
 
 from mllm_refine.adapters.image_free import image_free
 from mllm_refine.components.base import ModelInfo
@@ -32,7 +32,7 @@ class ModelAdapter:
     row_end_tokens: ClassVar[tuple[int, ...]] = (0,)
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
-        self.model = model
+        self.model: Any = model  # a transformers model: submodules, config and generation helpers are read by name
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self._info: ModelInfo | None = None
@@ -48,11 +48,11 @@ class ModelAdapter:
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
-        return self.language_model.layers
+        return cast(nn.ModuleList, self.language_model.layers)
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.language_model.norm
+        return cast(nn.Module, self.language_model.norm)
 
     @property
     def lm_head(self) -> nn.Module:
@@ -64,7 +64,7 @@ class ModelAdapter:
 
     def attention_module(self, layer: int) -> nn.Module:
         """The self-attention module of block ``layer`` (1..L)."""
-        return self.decoder_layers[layer - 1].self_attn
+        return cast(nn.Module, self.decoder_layers[layer - 1].self_attn)
 
     def info(self) -> ModelInfo:
         """The language model's shape, built once: every step's view reads it."""
@@ -79,7 +79,7 @@ class ModelAdapter:
             num_heads=c.num_attention_heads,
             num_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
             hidden_size=c.hidden_size,
-            vocab_size=self.lm_head.out_features,
+            vocab_size=int(self.model.lm_head.out_features),
             family=self.name,
             tied_embeddings=self.lm_head.weight is self.model.get_input_embeddings().weight,
         )

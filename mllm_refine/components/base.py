@@ -62,7 +62,7 @@ class Component(ABC):
         return {}
 
     @classmethod
-    def params(cls) -> list[dataclasses.Field]:
+    def params(cls) -> list[dataclasses.Field[Any]]:
         """The recipe parameters: the dataclass fields."""
         return [f for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else []
 

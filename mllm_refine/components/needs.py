@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mllm_refine.components.branch import Branch
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Needs:
     scores: frozenset[int] = field(default_factory=frozenset)
     # Extra inputs decoded in lockstep with the answer, each with its own KV cache
     # (``components.branch.Branch``; ``StepView.branch_logits(name)``).
-    branches: frozenset = field(default_factory=frozenset)
+    branches: frozenset[Branch] = field(default_factory=frozenset)
 
     def __or__(self, other: "Needs") -> "Needs":
         return Needs(

@@ -79,7 +79,7 @@ def cutout(split: str, image_id: int) -> Cutout:
     alpha = np.clip(((a - bg) @ d) / (d @ d), 0.0, 1.0)  # (64, 64)
     ys, xs = np.nonzero(alpha > 0.05)
     tight = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    return Cutout(tuple(int(v) for v in fill), tight, tuple(int(v) for v in bg))
+    return Cutout((int(fill[0]), int(fill[1]), int(fill[2])), tight, (int(bg[0]), int(bg[1]), int(bg[2])))
 
 
 @lru_cache(maxsize=None)
@@ -124,7 +124,7 @@ def draw_objects(rng: random.Random, prior: float) -> list[tuple[str, str]]:
     """``(colour, shape)`` of 1 to ``MAX_OBJECTS`` objects, with the prior described above."""
     k = rng.randint(1, MAX_OBJECTS)
     weights = [POPULARITY[c] if prior > 0 else 1 for c in COLOURS]
-    out = []
+    out: list[tuple[str, str]] = []  # (colour, shape)
     for j in range(k):
         if j > 0 and rng.random() < prior:
             colour = PARTNER[out[0][0]]
@@ -193,7 +193,7 @@ def placed_alpha(scene: Scene, obj: SceneObject) -> Image.Image:
     x0, y0, x1, y1 = obj.box
     w, h = x1 - x0, y1 - y0
     grow = w / cut.alpha.shape[1]
-    resample = Image.BICUBIC if grow > 1 else Image.BILINEAR
+    resample = Image.Resampling.BICUBIC if grow > 1 else Image.Resampling.BILINEAR
     alpha = Image.fromarray(np.round(cut.alpha * 255).astype(np.uint8)).resize((w, h), resample)
     if grow > 1:  # upscaled edges blur over `grow` px: steepen them back to about one
         a = np.asarray(alpha, dtype=np.float64) / 255
@@ -315,10 +315,10 @@ def open_questions(scene: Scene, answer: str) -> list[tuple[str, list[Question]]
         groups.append((f"{asked}_of_{other}", unique))
     placed = []
     for side in SIDES:
-        j = on_side(objs, side, margin)
-        if j is not None:
+        k = on_side(objs, side, margin)
+        if k is not None:
             text = f"what color is the shape on the {side}?" if answer == "colour" else f"what shape is on the {side}?"
-            placed.append(Question("position", text, getattr(objs[j], asked), j))
+            placed.append(Question("position", text, getattr(objs[k], asked), k))
     if placed:
         groups.append(("position", placed))
     return groups

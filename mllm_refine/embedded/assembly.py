@@ -61,7 +61,7 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = LlavaConfig.from_pretrained(assets)
+    config: Any = LlavaConfig.from_pretrained(assets)
     lm, _ = spec.load_language_model(torch.float32)
     spec.add_image_token_row(lm, config.text_config.vocab_size)
     lora_path = assets / LORA_FILE

@@ -43,7 +43,9 @@ def evaluate(
     prediction histogram. ``blank=True`` swaps every image for a plain white one."""
     rows = list(range(len(dataset)))
     rows.sort(key=lambda k: len(dataset.rows[k][1]))  # similar lengths per batch: less padding
-    correct, total, predictions = Counter(), Counter(), Counter()
+    correct: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    predictions: Counter[str] = Counter()
     yes = 0
     start = time.time()
     white = Image.new("RGB", (64, 64), (255, 255, 255))
@@ -54,7 +56,7 @@ def evaluate(
         for s, a in zip(samples, answers):
             pred, kind = normalize_answer(a), s.meta["type"]
             predictions[pred] += 1
-            ok = pred == s.answers[0]
+            ok = s.answers is not None and pred == s.answers[0]
             for key in ("overall", kind):
                 correct[key] += ok
                 total[key] += 1

@@ -30,7 +30,7 @@ def assemble(out_dir: str | Path, assets: Path = ASSETS) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = Qwen2_5_VLConfig.from_pretrained(assets)
+    config: Any = Qwen2_5_VLConfig.from_pretrained(assets)
     lm, _ = spec.load_language_model(torch.float32)
     merge_lora(lm.model, load_file(assets / LORA_FILE))  # keys are relative to the decoder blocks
     state = qwen_spec.language_state(lm.state_dict(), config.text_config.vocab_size)

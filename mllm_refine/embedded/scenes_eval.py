@@ -23,7 +23,8 @@ def score_scenes(
 ) -> dict[str, Any]:  # fmt: skip
     """Accuracy overall, per answer type and per size bucket; the share of "yes" among yes/no
     predictions. ``blank=True`` swaps every image for a plain white one."""
-    correct, total = Counter(), Counter()
+    correct: Counter[str] = Counter()
+    total: Counter[str] = Counter()
     yes, start = 0, time.time()
     for n in range(0, len(dataset), batch_size):
         samples = [dataset[k] for k in range(n, min(n + batch_size, len(dataset)))]
@@ -31,7 +32,7 @@ def score_scenes(
         answers = generate_answers(model, processor, [s.question for s in samples], images)
         for s, a in zip(samples, answers):
             pred = normalize_answer(a)
-            ok = pred == s.answers[0]
+            ok = s.answers is not None and pred == s.answers[0]
             for key in ("overall", s.meta["type"], s.meta["size_bucket"] or "no_target"):
                 correct[key] += ok
                 total[key] += 1

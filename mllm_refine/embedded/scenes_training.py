@@ -96,6 +96,8 @@ class CellHead(nn.Module):
         super().__init__()
         self.colour = nn.Linear(dim, len(COLOURS) + 1)
         self.shape = nn.Linear(dim, len(SHAPES) + 1)
+        self.colour_words: torch.Tensor
+        self.shape_words: torch.Tensor
         self.register_buffer("colour_words", colour_words)  # (C + 1, D), the last row "background"
         self.register_buffer("shape_words", shape_words)  # (S + 1, D), the last row "background"
         self.ground_weight = ground_weight

@@ -16,7 +16,7 @@ IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<|endoftext|>"  # distinct from EOS (<|im_end|>), so padding never reads as an answer end
 IMAGE_SIZE = 64
 PATCH_SIZE = 16  # 64 / 16 -> a 4 x 4 grid: 16 image tokens keep the LM sequence short
-VISION = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 3}
+VISION: dict[str, Any] = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 3}
 LORA_TARGETS = ("q_proj", "v_proj")
 
 # Renders {"type": "image"} as the <image> placeholder; no default system prompt (shorter prompts).
@@ -52,7 +52,7 @@ def load_language_model(dtype: torch.dtype | str = "float32") -> tuple[Any, Any]
 
     folder = gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=dtype)
+    lm: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=dtype)
     # The weights are already dequantized; the GGUF marker only blocks saving and reuse.
     lm.hf_quantizer = None
     lm.config.quantization_config = None
@@ -114,7 +114,7 @@ def build_config(lm_config: Any, tokenizer: Any) -> Any:
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         projector_hidden_act="gelu",
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,  # a tower trained for this model: its last layer is the useful one

@@ -20,7 +20,7 @@ from mllm_refine.compat import cache_kwarg
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.prefill import forward_kwargs
-from mllm_refine.lazy import nn, torch, transformers
+from mllm_refine.lazy import torch, transformers
 
 if TYPE_CHECKING:
     from mllm_refine.engine.capture import Capture
@@ -41,14 +41,14 @@ class BranchRunner:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # a transformers model
         adapter: ModelAdapter,
         branches: list[Branch],
         inputs: Any,
         samples: list[Sample],
         capture: Capture | None = None,
     ) -> None:
-        self.model = model
+        self.model: Any = model  # a transformers model: submodules, config and generation helpers are read by name
         self.capture = capture
         self.ids: dict[str, torch.Tensor] = {}  # name -> (B, T_branch) prompt ids
         self.kwargs: dict[str, dict[str, Any]] = {}
@@ -58,7 +58,7 @@ class BranchRunner:
             branch_inputs = b.inputs(inputs, samples, adapter)
             kwargs = forward_kwargs(model, branch_inputs)
             self.ids[b.name] = kwargs.pop("input_ids")
-            kwargs[cache_kwarg()] = transformers.DynamicCache(config=model.config)
+            kwargs[cache_kwarg()] = transformers.DynamicCache(config=self.model.config)
             kwargs["use_cache"] = True
             kwargs["logits_to_keep"] = 1
             self.kwargs[b.name] = kwargs

@@ -175,7 +175,7 @@ class Capture:
             if samples is None:
                 raise ValueError("Needs.question_rows: Capture.begin needs the samples to locate their questions")
             self.question_last = self.adapter.question_last(samples, input_ids)  # (B,)
-        self.image_grid = self.adapter.image_grid(inputs) if self.needs.image_grid else None
+        self.image_grid = self.adapter.image_grid(inputs) if self.needs.image_grid and inputs is not None else None
         self._masks = None
         mask = inputs.get("attention_mask") if inputs is not None else None
         # (B, T) bool: real prompt tokens, False on left padding.
@@ -199,7 +199,7 @@ class Capture:
             or (self.step == 0 and (layer in needs.prefill_rows or layer in self._question_backs))
         )
 
-    def owns_row(self, module: nn.Module) -> bool:
+    def owns_row(self, module: Any) -> bool:
         """True when ``on_attention`` will compute this block's current row itself."""
         return not self.paused and self._probed(module.layer_idx + 1)
 
@@ -215,7 +215,7 @@ class Capture:
 
     def on_attention(
         self,
-        module: nn.Module,
+        module: Any,  # the transformers attention module (``layer_idx``)
         query: torch.Tensor,  # (B, H, Q, Dh)
         key: torch.Tensor,  # (B, Hkv, K, Dh)
         value: torch.Tensor,  # (B, Hkv, K, Dh)
@@ -249,6 +249,7 @@ class Capture:
             padded=padded,
         )
         if self.step == 0 and layer in self._question_backs:
+            assert self.question_last is not None  # begin() sets it under Needs.question_rows
             for back in self._question_backs[layer]:
                 positions = self.question_last - back  # (B,)
                 self.question_rows[(layer, back)] = prompt_row(query, key, scaling, key_valid, positions)

@@ -60,7 +60,7 @@ class Decoder:
     def __init__(
         self, model: nn.Module, processor: Any, parts: Parts | None = None, config: DecodeConfig | None = None
     ) -> None:
-        self.model = model
+        self.model: Any = model  # a transformers model: submodules, config and generation helpers are read by name
         self.processor = processor
         self.parts = parts or Parts()
         self.config = config or DecodeConfig()
@@ -126,7 +126,8 @@ class Decoder:
         at every step of the answer pass (see ``RefineProcessor``)."""
         samples, new, processor, gc, state = self._run(samples, observe)
         reports = {p.name: p.report(state) for p in self.parts.components()}
-        return [self._prediction(b, s, new[b], processor, reports, gc) for b, s in enumerate(samples)]
+        layers, fallbacks = processor.chosen()
+        return [self._prediction(s, new[b], layers[b], fallbacks[b], reports, b, gc) for b, s in enumerate(samples)]
 
     @torch.no_grad()
     def loglikelihood(self, samples: list[Sample], continuations: list[str]) -> list[tuple[float, bool]]:
@@ -185,8 +186,10 @@ class Decoder:
         return samples, out[:, prompt_length:].tolist(), processor, gc, capture.state  # new tokens: (B, N)
 
     def _prediction(
-        self, b: int, sample: Sample, tokens: list[int], processor: RefineProcessor, reports: dict, gc: GenerationConfig
+        self, sample: Sample, tokens: list[int], layers: list[int], fallbacks: int, reports: dict, b: int, gc: GenerationConfig
     ) -> Prediction:
+        """Row ``b``'s record: its text up to the first end token or stop string, the layer chosen
+        at each of its steps, what the parts reported for it and how often it fell back."""
         eos = self._eos_ids(gc)
         n = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
         tokens = tokens[:n]
@@ -194,8 +197,8 @@ class Decoder:
         for stop in self.config.stop:
             text = text.split(stop)[0]
         choices: dict[str, Any] = {}
-        if processor.layers:
-            choices["layer"] = [int(step[b]) for step in processor.layers[: max(n, 1)]]
+        if layers:
+            choices["layer"] = layers[: max(n, 1)]
         for name, report in reports.items():
             for key, values in report.items():
                 choices[f"{name}.{key}"] = values[b]
@@ -206,6 +209,6 @@ class Decoder:
             answers=sample.answers,
             tokens=tokens,
             choices=choices,
-            fallbacks=int(processor.fallbacks[b]),
+            fallbacks=fallbacks,
             meta=dict(sample.meta),
         )

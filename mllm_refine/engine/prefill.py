@@ -23,7 +23,7 @@ from mllm_refine.functional import positions
 from mllm_refine.lazy import nn, torch
 
 
-def forward_kwargs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def forward_kwargs(model: Any, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Model kwargs for one full forward of a prepared batch, with ``generate``'s positions."""
     kwargs = dict(inputs)
     kwargs["position_ids"] = model._prepare_position_ids_for_generation(kwargs["input_ids"], kwargs)
@@ -43,7 +43,7 @@ class RowProbe:
         self.grad = grad
         self.rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, K)
 
-    def owns_row(self, module: nn.Module) -> bool:
+    def owns_row(self, module: Any) -> bool:
         """Never: the passes this probe watches are prompts, whose output sdpa computes."""
         return False
 
@@ -53,7 +53,7 @@ class RowProbe:
 
     def on_attention(
         self,
-        module: nn.Module,
+        module: Any,  # the transformers attention module (``layer_idx``)
         query: torch.Tensor,  # (B, H, Q, Dh)
         key: torch.Tensor,  # (B, Hkv, K, Dh)
         value: torch.Tensor,  # (B, Hkv, K, Dh)

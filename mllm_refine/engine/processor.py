@@ -66,8 +66,9 @@ class RefineProcessor(LogitsProcessor):
         self.adapter = adapter
         self.post = post_processors(config)
         self.suppress = torch.tensor(adapter.image_token_ids, dtype=torch.long)
+        # Kept on the model's device until the batch ends (``chosen``): no host sync per step.
         self.layers: list[torch.Tensor] = []  # per step: (B,) chosen layer
-        self.fallbacks = torch.zeros(batch, dtype=torch.long)
+        self.fallbacks: torch.Tensor = torch.zeros(batch, dtype=torch.long)  # (B,) steps each row fell back
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.capture.branches is not None:  # Needs.branches: their forwards, in lockstep
@@ -77,7 +78,7 @@ class RefineProcessor(LogitsProcessor):
         layer = None
         if self.parts.layer_selector is not None:
             layer = self.parts.layer_selector.select(view)  # (B,)
-            self.layers.append(layer.detach().cpu())
+            self.layers.append(layer.detach())
         if self.parts.logit_combiner is not None:
             logits = self.parts.logit_combiner.combine(view, layer)  # (B, V)
         # Image placeholders are inputs only; the model must never emit them. Suppressed before
@@ -85,17 +86,17 @@ class RefineProcessor(LogitsProcessor):
         suppress = self.suppress.to(logits.device)
         logits = logits.index_fill(1, suppress, float("-inf"))
         # A row's max is NaN if it holds a NaN, +inf if it holds +inf, -inf if nothing is finite.
+        # A row that fell back takes the model's own logits, selected without asking the host.
         bad = ~torch.isfinite(logits.amax(-1))  # (B,)
-        if bad.any():
-            logits = torch.where(bad[:, None], view.logits.index_fill(1, suppress, float("-inf")), logits)
-            self.fallbacks += bad.cpu().long()
+        logits = torch.where(bad[:, None], view.logits, logits).index_fill_(1, suppress, float("-inf"))  # (B, V)
+        self.fallbacks = self.fallbacks.to(bad.device) + bad  # (B,)
         if self.post:
             # The repetition penalty must not see left padding (batch answers would differ from
             # single ones): padding slots repeat the row's newest token, which it penalises anyway.
             valid = self.capture.prompt_valid  # (B, T0)
             T0 = valid.shape[1]
             own = torch.cat([torch.where(valid, input_ids[:, :T0], input_ids[:, -1:]), input_ids[:, T0:]], 1)  # (B, T)
-            logits = self.post(own, logits)
+            logits = self.post(own, logits)  # type: ignore[arg-type]  # transformers annotates the legacy LongTensor
         if self.observe is not None:
             self.observe(view, logits)
         if self.force is not None:
@@ -103,12 +104,20 @@ class RefineProcessor(LogitsProcessor):
         elif self.generators is not None:
             logits = self.draw(logits)
         self.capture.step += 1
-        return logits
+        return logits  # type: ignore[return-value]  # transformers annotates the legacy FloatTensor
+
+    def chosen(self) -> tuple[list[list[int]], list[int]]:
+        """Per row, the layer chosen at each step (empty without a selector) and the steps that
+        fell back, copied to the host once, when the batch has ended."""
+        B = self.fallbacks.shape[0]
+        layers = torch.stack(self.layers, 1).tolist() if self.layers else [[] for _ in range(B)]  # (B, N)
+        return layers, self.fallbacks.tolist()
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """Sample each row from its own generator; the returned logits keep only the drawn token,
         so ``generate``'s own draw has one choice. At batch 1 this is the draw ``generate`` makes
         from a global generator seeded the same way."""
+        assert self.generators is not None
         probs = logits.softmax(-1)  # (B, V)
         picks = torch.cat([torch.multinomial(probs[b : b + 1], 1, generator=g) for b, g in enumerate(self.generators)])  # (B, 1)
         return torch.full_like(logits, float("-inf")).scatter_(1, picks, 0.0)

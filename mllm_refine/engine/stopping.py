@@ -34,4 +34,4 @@ class StopOnStrings(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_length :].tolist()  # (B, N) generated so far
         done = [bool(row) and any(stop in self.window(row) for stop in self.stops) for row in new]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]  # legacy BoolTensor

@@ -66,7 +66,7 @@ def _passed_through(result: tuple[float, bool]) -> Any:
         return result
     if unwrap_generation_output(result)[0] == result:
         return result
-    return GenerationResult(text=result)  # type: ignore[arg-type]
+    return GenerationResult(text=result)
 
 
 class RefinedLMM(lmms):

@@ -63,6 +63,7 @@ class RefineModule(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         # Built after Lightning placed the model, so the engine sees its final device and dtype.
+        assert self.loaded is not None  # configure_model loaded it
         self.decoder = decoder_for(self.recipe, self.model, self.loaded[1])
         self.decode_started = time.perf_counter()
 

@@ -19,7 +19,7 @@ class SampleProgressBar(TQDMProgressBar):
         self.seen = 0
 
     def init_predict_tqdm(self) -> Tqdm:
-        total = len(self.trainer.datamodule.rank_indices())
+        total = len(self.trainer.datamodule.rank_indices())  # type: ignore[attr-defined]  # Trainer sets it in fit/predict
         return Tqdm(desc="Predicting", total=total, unit="sample", disable=self.is_disabled, leave=True,
                     dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)  # fmt: skip
 
@@ -55,7 +55,7 @@ class ProgressLog(pl.Callback):
         self.start = self.last = 0.0
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.total = len(trainer.datamodule.rank_indices())
+        self.total = len(trainer.datamodule.rank_indices())  # type: ignore[attr-defined]  # Trainer sets it in fit/predict
         self.seen, self.start = 0, self.clock()
         self.last = self.start
 

@@ -95,11 +95,11 @@ def make_trainer(cfg: TrainerConfig, output: Path, callbacks: list[Any], source:
     log = [ProgressLog(cfg.progress_every)] if not bar and cfg.progress_every > 0 else []
     try:
         return pl.Trainer(
-            accelerator=cfg.accelerator,
+            accelerator=cfg.accelerator or "auto",  # trainer_config resolves it; "auto" is Lightning's default
             devices=cfg.devices,
             num_nodes=cfg.num_nodes,
             strategy=cfg.strategy,
-            precision=cfg.precision,
+            precision=cfg.precision,  # type: ignore[arg-type]  # a recipe value; Lightning names a bad one
             callbacks=[*callbacks, StopOnSignal(), *([SampleProgressBar()] if bar else []), *log],
             enable_progress_bar=bar,
             logger=False,

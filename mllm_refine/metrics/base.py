@@ -15,6 +15,8 @@ class StatsMetric(Metric):
     """Subclasses set ``stats`` (names of the summed columns) and ``primary`` (the headline
     value) and implement ``sample_stats`` and ``reduce``."""
 
+    sums: torch.Tensor  # (len(stats),) float64, a torchmetrics state summed across ranks
+
     full_state_update = False
     stats: tuple[str, ...] = ("score", "count")
     primary: str = "score"

@@ -76,7 +76,7 @@ def check_map(m: Any, box: Box, image_size: Sequence[int], where: str) -> tuple[
 def localise(m: Any, box: Box, image_size: Sequence[int], where: str = "map") -> dict[str, float]:
     """One map's ``pointing_game``, ``pointing_chance``, ``mass_in_box`` and ``mass_chance``."""
     t, size = check_map(m, box, image_size, where)
-    inside = cell_overlap(tuple(t.shape), box, size)  # (h, w)
+    inside = cell_overlap((t.shape[0], t.shape[1]), box, size)  # (h, w)
     top = int(torch.argmax(t.flatten()))  # first maximum in raster order
     mass = t.clamp_min(0)
     total = float(mass.sum())
@@ -192,6 +192,8 @@ def _scores(rows: list[tuple[Any, Box, Sequence[int], Any]]) -> dict[str, Any]:
     for metric in (PointingGame(), MassInBox()):
         metric.distributed_available_fn = lambda: False
         metric.update(maps, boxes, sizes)
-        entry.update({k: float(v) for k, v in metric.compute().items()})
+        values = metric.compute()
+        assert isinstance(values, dict)  # a map metric has two values
+        entry.update({k: float(v) for k, v in values.items()})
     entry["n"] = len(rows)
     return entry

@@ -98,11 +98,11 @@ def _walk(node: yaml.Node, value: Any, key: Key, file: str, out: Origins) -> Non
             k = by_text.get(str(k_node.value))
             if k is None:
                 continue
-            out[(*key, k)] = f"{file}:{k_node.start_mark.line + 1}"
+            out[key + (k,)] = f"{file}:{k_node.start_mark.line + 1}"
             _walk(v_node, value[k], (*key, k), file, out)
     elif isinstance(node, yaml.SequenceNode) and isinstance(value, list):
         for i, (item_node, item) in enumerate(zip(node.value, value)):
-            out[(*key, i)] = f"{file}:{item_node.start_mark.line + 1}"
+            out[key + (i,)] = f"{file}:{item_node.start_mark.line + 1}"
             _walk(item_node, item, (*key, i), file, out)
 
 

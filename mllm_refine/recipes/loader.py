@@ -187,7 +187,7 @@ def resolve_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
     return raw, origins, file
 
 
-def _node(raw: dict[str, Any], path: list[str]) -> Any:
+def _node(raw: dict[str, Any] | list[Any], path: list[str]) -> Any:
     """The value at dotted ``path`` (list items by number), or None where there is none."""
     node: Any = raw
     for part in path:

@@ -23,7 +23,7 @@ import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, wraps
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import numpy as np
 import torch
@@ -253,7 +253,7 @@ def _recording(part: Component, label: str) -> Iterator[set[tuple[str, Any]]]:
         B = view.logits.shape[0]
         if not (isinstance(out, torch.Tensor) and out.shape == (B,) and out.dtype == torch.long):
             raise ConformanceError(f"{label}: select must return a ({B},) long tensor, got {_describe(out)}")
-        allowed = set(part.candidates()) | {-1}
+        allowed = set(cast(LayerSelector, part).candidates()) | {-1}
         if not set(out.tolist()) <= allowed:
             raise ConformanceError(f"{label}: select returned {sorted(set(out.tolist()) - allowed)}, not in candidates() or -1")
 
@@ -265,7 +265,7 @@ def _recording(part: Component, label: str) -> Iterator[set[tuple[str, Any]]]:
         def check(out: Any, tensor: torch.Tensor, row: Any) -> None:
             if not (isinstance(out, torch.Tensor) and out.shape == tensor.shape and out.dtype == tensor.dtype):
                 raise ConformanceError(f"{label}: {what} must return {tuple(tensor.shape)} {tensor.dtype}, got {_describe(out)}")
-            if row.layer not in part.active_layers():
+            if row.layer not in cast(HeadFilter, part).active_layers():
                 raise ConformanceError(f"{label}: called in block {row.layer}, outside active_layers()")
             if what == "probs":
                 sums = (out * row.key_valid[:, None, :]).sum(-1)  # (B, H)
@@ -278,6 +278,7 @@ def _recording(part: Component, label: str) -> Iterator[set[tuple[str, Any]]]:
         if not isinstance(out, list) or [getattr(s, "id", None) for s in out] != [s.id for s in samples]:
             raise ConformanceError(f"{label}: refine must return one Sample per input sample, in order (same ids)")
 
+    wrapped: dict[str, Callable[..., None]]
     if isinstance(part, LayerSelector):
         wrapped = {"select": check_select}
     elif isinstance(part, LogitCombiner):

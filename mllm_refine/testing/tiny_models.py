@@ -32,13 +32,14 @@ def tiny_llava(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[transfo
     config = transformers.LlavaConfig(
         vision_config=clip_vision_config().to_dict(),
         text_config=transformers.LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_token_index=tok.get_vocab()["<image>"],
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
-    model = transformers.LlavaForConditionalGeneration(config).to(dtype or torch.float32).eval()
+    model: Any = transformers.LlavaForConditionalGeneration(config)
+    model = model.to(dtype or torch.float32).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     image_processor = transformers.CLIPImageProcessorPil(
@@ -64,14 +65,15 @@ def tiny_llava_next(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[tr
     config = transformers.LlavaNextConfig(
         vision_config=clip_vision_config().to_dict(),
         text_config=transformers.LlamaConfig(**text_config(len(tok), tok.pad_token_id)).to_dict(),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_token_index=tok.get_vocab()["<image>"],
         image_grid_pinpoints=NEXT_PINPOINTS,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
-    model = transformers.LlavaNextForConditionalGeneration(config).to(dtype or torch.float32).eval()
+    model: Any = transformers.LlavaNextForConditionalGeneration(config)
+    model = model.to(dtype or torch.float32).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     image_processor = transformers.LlavaNextImageProcessorPil(

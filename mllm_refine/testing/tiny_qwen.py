@@ -78,7 +78,7 @@ def tiny_qwen3_vl(seed: int = 0, dtype: torch.dtype | None = None) -> tuple[tran
     """Qwen3-VL layout: ViT with a learned 4 x 4 position grid whose blocks 1-2 feed deepstack
     features into the outputs of text blocks 1-2; Qwen3 text model with interleaved mrope."""
     classes = (transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLProcessor)
-    vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16)
+    vision: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16)
     vision["deepstack_visual_indexes"] = [0, 1]
     rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)
     return _qwen(classes, vision, dict(rope_parameters=rope, head_dim=16), seed, dtype)

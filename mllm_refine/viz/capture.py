@@ -97,7 +97,7 @@ def model_view(decoder: Decoder, sample: Sample) -> tuple[Image.Image | None, tu
     first = Sample(id=sample.id, question=sample.question, images=sample.images[:1])
     inputs = decoder.adapter.prepare([first])
     try:
-        grid: tuple[int, int] | None = tuple(decoder.adapter.image_grid(inputs)[0][0])  # type: ignore[assignment]
+        grid: tuple[int, int] | None = tuple(decoder.adapter.image_grid(inputs)[0][0])
     except (NotImplementedError, ValueError, IndexError):
         grid = None
     row_end = decoder.adapter.row_end_tokens[0]

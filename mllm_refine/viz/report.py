@@ -112,12 +112,12 @@ def render(summary: dict[str, Any], output: Path, picture: Image.Image) -> str:
         tokens = "; ".join(f"{labels[n]}: {_token(steps[n])}" for n in names)
         parts.append(f"<h2>{heading}</h2><p>{escape(tokens)}</p>")
         for kind, (title, caption) in KINDS.items():
-            if not any(steps[n] and kind in steps[n]["png"] for n in names):
+            if not any((s := steps[n]) and kind in s["png"] for n in names):
                 parts.append(f"<h3>{escape(title)}</h3><p class='none'>nothing to show: no part reported it</p>")
                 continue
             parts.append(f"<h3>{escape(title)}</h3><p class='caption'>{escape(caption)}</p><div class='pair'>")
             for n in names:
-                files = steps[n]["png"] if steps[n] else {}
+                files = s["png"] if (s := steps[n]) else {}
                 png = output / files[kind] if files.get(kind) else None
                 parts.append(_figure(labels[n], png, output))
             parts.append("</div>")

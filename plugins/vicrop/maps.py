@@ -66,6 +66,7 @@ def grad_att(context: RefineContext, samples: list[Sample], layer: int) -> list[
     """``mean_h A * relu(dv/dA)`` per sample; one forward and one backward."""
     p = context.prefill(samples, [layer], grad=True)
     with torch.enable_grad():  # samples are independent: one backward of the sum gives each its own
+        assert p.logits is not None
         (grad,) = torch.autograd.grad(_v(p.logits).sum(), [p.rows[layer]])  # (B, H, K)
     a = p.image_rows(layer).detach()  # (B, H, I)
     g = p.image_rows(layer, grad)  # (B, H, I)
@@ -76,6 +77,7 @@ def input_gradients(context: RefineContext, samples: list[Sample]) -> tuple[Pref
     """``dv/dx`` of the batch's ``pixel_values`` (same shape), one forward and one backward."""
     p = context.prefill(samples, [], pixel_grad=True)
     with torch.enable_grad():
+        assert p.logits is not None
         (grad,) = torch.autograd.grad(_v(p.logits).sum(), [p.inputs["pixel_values"]])
     return p, grad
 
@@ -105,7 +107,7 @@ def high_pass_mask(image: Image.Image, size: tuple[int, int], blur: int = 3, med
     median filtered (``median`` x ``median``, borders reflected repeating the edge, as scipy's
     ``median_filter``), compared with its median.
     """
-    x = torch.from_numpy(np.array(image.convert("RGB").resize(size[::-1], Image.BILINEAR)))
+    x = torch.from_numpy(np.array(image.convert("RGB").resize(size[::-1], Image.Resampling.BILINEAR)))
     x = x.permute(2, 0, 1).double()[None] / 255.0  # (1, 3, H', W')
     sigma = 0.3 * ((blur - 1) * 0.5 - 1) + 0.8
     k = torch.exp(-((torch.arange(blur, dtype=torch.float64) - (blur - 1) / 2) ** 2) / (2 * sigma**2))

@@ -93,7 +93,8 @@ class CropRefiner(InputRefiner):
     def refine(self, samples: list[Sample], context: RefineContext) -> list[Sample]:
         size = self.crop_size or default_crop_size(context.vision_config)
         # Each sample's first image, split into blocks if asked; all blocks mapped in one batch.
-        jobs, layout = [], []
+        jobs: list[Sample] = []
+        layout: list[tuple[int, int, int] | None] = []  # per sample: first job, cols, rows
         for s in samples:
             if not s.images:
                 layout.append(None)

@@ -112,12 +112,13 @@ class VRGAFilter(HeadFilter):
     def analyse(self, row: AttentionRow, last: torch.Tensor) -> torch.Tensor:
         """The prefill analysis, in the last block with its row ``last`` (B, H, T): ``(B, T)``
         bool, the prompt keys to boost (centres and their neighbours)."""
-        index, slots = row.image_index, row.image_slots  # (B, I)
+        index, slots, grid = row.image_index, row.image_slots, row.image_grid  # (B, I), (B, I), per sample
+        assert index is not None and slots is not None and grid is not None  # Needs(image_grid=True) and a prefill
         rows = self._rows(row, last)
         layers = sorted(rows)
         T = last.shape[-1]
         image_keys, valid = row.image_keys[:, :T], row.key_valid[:, :T]  # (B, T)
-        ratios, entropies, maps = [], [], []
+        ratios, entropies, head_maps = [], [], []
         for l in layers:
             probs = rows[l]  # (B, H, T)
             r, h = row_stats(probs, image_keys, valid)  # (B, H) each
@@ -126,9 +127,9 @@ class VRGAFilter(HeadFilter):
                 img = img / img.sum(-1, keepdim=True).clamp_min(TINY)
             ratios.append(r)
             entropies.append(h)
-            maps.append(img)
+            head_maps.append(img)
         ratio, entropy = torch.cat(ratios, 1), torch.cat(entropies, 1)  # (B, N), N = L * H
-        maps = torch.cat(maps, 1)  # (B, N, I)
+        maps = torch.cat(head_maps, 1)  # (B, N, I)
         H = ratios[0].shape[1]
         pool = background_pool(layers, H, self.background_share, self._early).to(ratio.device)  # (N,)
         efr = entropy / ratio.clamp_min(TINY)
@@ -137,7 +138,7 @@ class VRGAFilter(HeadFilter):
         counts = slots.sum(1)  # (B,)
         stats = stats_valid = None
         if self.sinks == "edge":
-            edge = edge_mask(row.image_grid, counts.tolist(), index.shape[1], self.lead, self.edge_cap)
+            edge = edge_mask(grid, counts.tolist(), index.shape[1], self.lead, self.edge_cap)
             masked, stats, stats_valid = (t.to(index.device) for t in edge)
         elif self.sinks == "mean":
             masked = slots & (maps.mean(1) > self.sink / counts[:, None].clamp_min(1))
@@ -148,7 +149,7 @@ class VRGAFilter(HeadFilter):
         position = torch.arange(index.shape[1], device=index.device)[None, :]  # (1, I)
         centres = focus & (position + self.lead >= self.skip)
         if self.neighbours == "grid":
-            cells = grid_cells(row.image_grid, row.row_end_tokens, index.shape[1]).to(index.device)
+            cells = grid_cells(grid, row.row_end_tokens, index.shape[1]).to(index.device)
             boost = dilate(centres, cells, self.radius) & slots  # (B, I)
         else:
             boost = sequence_neighbours(centres, slots, self.radius)  # (B, I)
@@ -157,7 +158,7 @@ class VRGAFilter(HeadFilter):
         row.state[self.state_key + ":report"] = {
             "visual_heads": [[[layers[n // H], n % H] for n in v.nonzero().flatten().tolist()] for v in visual.cpu()],
             "focus": [f.nonzero().flatten().tolist() for f in focus.cpu()],
-            "map": first_grid_maps(ref, row.image_grid, row.row_end_tokens),  # A_ref on the image grid
+            "map": first_grid_maps(ref, grid, row.row_end_tokens),  # A_ref on the image grid
         }
         return keys[:, :T]
 

@@ -100,6 +100,7 @@ def focus_tokens(
     mean_ref = (score * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
     score = (score / mean_ref.clamp_min(TINY)).masked_fill(masked, MASKED)  # (B, I)
     if rule == "code":
+        assert stats is not None and stats_valid is not None  # edge_mask's, under sinks="edge"
         vals = torch.where(stats >= 0, score.gather(1, stats.clamp_min(0)), MASKED)  # (B, C)
         mean, std = _mean_std(vals, stats_valid)
     else:

@@ -71,3 +71,62 @@ def test_a_request_reports_only_its_own_choices(llava, samples):
     assert alone.choices == first[1].choices  # the same sample, in a new request of another size
     # What setup derived, and nothing a request wrote: the part holds no per-request state.
     assert vars(f).keys() <= {*(p.name for p in f.params()), "info", "count", "_layers"}
+
+
+def test_a_step_never_reads_the_device_back(llava, samples, monkeypatch):
+    """The processor's own work in a step (placeholders, the non-finite guard, the chosen layer)
+    is tensor ops: nothing is read back to the host until the batch ends, when ``chosen()`` copies
+    every step's layer at once. The parts here are pure tensor ops too."""
+    import dataclasses
+
+    import torch
+
+    from mllm_refine.components import LayerSelector, LogitCombiner
+    from mllm_refine.engine.processor import RefineProcessor
+
+    @dataclasses.dataclass
+    class Second(LayerSelector):
+        name = "second"
+
+        def candidates(self) -> list[int]:
+            return [2]
+
+        def select(self, view):
+            return torch.full((view.logits.shape[0],), 2, dtype=torch.long, device=view.logits.device)
+
+    @dataclasses.dataclass
+    class Final(LogitCombiner):
+        name = "final"
+
+        def combine(self, view, layer):
+            return view.logits
+
+    model, processor = llava
+    decoder = Decoder(model, processor, Parts(layer_selector=Second(), logit_combiner=Final()), DecodeConfig(max_new_tokens=3))
+    expected = Decoder(model, processor, Parts(), DecodeConfig(max_new_tokens=3)).generate(samples[:2])
+    inside = [False]
+    step = RefineProcessor.__call__
+
+    def watched(self, *args):
+        inside[0] = True
+        try:
+            return step(self, *args)
+        finally:
+            inside[0] = False
+
+    def refuse(name):
+        original = getattr(torch.Tensor, name)
+
+        def guard(t, *a, **k):
+            assert not inside[0], f"a decode step read a tensor back to the host (Tensor.{name})"
+            return original(t, *a, **k)
+
+        return guard
+
+    monkeypatch.setattr(RefineProcessor, "__call__", watched)
+    for name in ("__bool__", "item", "tolist", "cpu", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse(name))
+    got = decoder.generate(samples[:2])
+    assert [p.tokens for p in got] == [p.tokens for p in expected]  # the final logits, unchanged
+    assert [p.choices["layer"] for p in got] == [[2] * len(p.tokens) for p in got]
+    assert [p.fallbacks for p in got] == [0, 0]
