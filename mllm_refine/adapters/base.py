@@ -55,8 +55,8 @@ class ModelAdapter:
         return cast(nn.Module, self.language_model.norm)
 
     @property
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
+    def lm_head(self) -> nn.Linear:
+        return cast(nn.Linear, self.model.lm_head)
 
     @property
     def text_config(self) -> Any:
@@ -79,7 +79,7 @@ class ModelAdapter:
             num_heads=c.num_attention_heads,
             num_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
             hidden_size=c.hidden_size,
-            vocab_size=int(self.model.lm_head.out_features),
+            vocab_size=self.lm_head.out_features,
             family=self.name,
             tied_embeddings=self.lm_head.weight is self.model.get_input_embeddings().weight,
         )
