@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks import measure, report  # noqa: E402
+from benchmarks.length import length_cost  # noqa: E402
 from benchmarks.measure import MemoryMeter, StepClock, Timing, clocked_generate, run_timed  # noqa: E402
 from benchmarks.profiling import profile_decode  # noqa: E402
 from benchmarks.reference import build_method, reference_generate  # noqa: E402
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-lengths", default="1024,2048,4096", help="prompt lengths; empty skips")
     p.add_argument("--memory-tokens", type=int, default=2, help="new tokens per memory run")
     p.add_argument("--ref-memory-gb", type=float, default=8.0, help="skip reference runs whose attention maps exceed this")
+    p.add_argument("--long-tokens", type=int, default=0, help="length runs: answer tokens at batch 1 (0 skips; e.g. 520)")
+    p.add_argument("--long-rounds", type=int, default=3, help="length runs: interleaved rounds")
     p.add_argument("--profile-recipe", default="dualpd", help="recipe to profile; empty skips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     measure.set_allocator(exact=False)
     bench.timing()
     result["recipes"] = bench.rows(w_mb)
+    if args.long_tokens:
+        decoders = {name: runs.decoder for name, runs in bench.runs.items()}
+        result["length"] = length_cost(decoders, samples[0], args.long_tokens, args.long_rounds)
     prompt_tokens = image_tokens = 0
     if bench.runs:
         ids = next(iter(bench.runs.values())).decoder.adapter.prepare(samples[:1])["input_ids"]
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_name, "dtype": dtype, "device": str(device), "prompt_tokens": prompt_tokens,
         "image_tokens": image_tokens, "max_new_tokens": args.max_new_tokens, "batch": args.batch,
         "batch_tokens": args.batch_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats,
-        "ref_tokens": args.ref_tokens, "ref_repeats": args.ref_repeats, "memory_tokens": args.memory_tokens,
+        "ref_tokens": args.ref_tokens, "long_tokens": args.long_tokens, "ref_repeats": args.ref_repeats, "memory_tokens": args.memory_tokens,
         "weights_mb": round(w_mb, 1),
         "memory_method": "torch.cuda.max_memory_allocated, one separate run" if device.type == "cuda" else
         f"resident-set high-water mark above the start, one separate run (mmap-backed allocations: {exact}); peak = weights + delta",

@@ -21,7 +21,7 @@ def plausible(logits: torch.Tensor, alpha: float) -> torch.Tensor:
     [[True, True, False]]
     """
     probs = torch.softmax(logits, dim=-1)  # (B, V)
-    return probs >= alpha * probs.max(dim=-1, keepdim=True).values
+    return probs >= alpha * probs.amax(dim=-1, keepdim=True)
 
 
 def relative_top(scores: torch.Tensor, alpha: float) -> torch.Tensor:

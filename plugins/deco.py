@@ -59,7 +59,7 @@ def candidate_set(
     top, ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (B, k)
     total = top.cumsum(-1)  # (B, k) cumulative probability, each token's own included
     if cut == "crossing":
-        before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], 1)  # (B, k) mass above the token
+        before = torch.nn.functional.pad(total[:, :-1], (1, 0))  # (B, k) mass above the token
         keep = before < top_p
     else:
         keep = total <= top_p
@@ -110,21 +110,30 @@ class DecoAnchorSelector(LayerSelector):
     def needs(self) -> Needs:
         return Needs(hidden=frozenset(self._layers))
 
+    def _constants(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(placeholders, layers)`` long tensors on the logits' device, made once per device."""
+        device = view.logits.device
+        if getattr(self, "_device", None) != device:
+            self._placeholders = torch.tensor(view.image_token_ids, dtype=torch.long, device=device)
+            self._layer_ids = torch.tensor(self._layers, device=device)  # (A,)
+            self._device = device
+        return self._placeholders, self._layer_ids
+
     def select(self, view: StepView) -> torch.Tensor:
+        placeholders, layer_ids = self._constants(view)
         # Image placeholders are never emitted (the engine suppresses them): they are no candidates.
-        placeholders = torch.tensor(view.image_token_ids, dtype=torch.long, device=view.logits.device)
         final = view.logits.index_fill(1, placeholders, float("-inf"))  # (B, V)
         ids, keep = candidate_set(final, self.top_k, self.top_p, self.cut)  # (B, k) each
         lens = view.lenses(self._layers, final_norm=self.final_norm)  # (B, A, V)
         a, p_max = anchor(lens.softmax(-1), ids, keep)  # (B,) each
-        rows = torch.arange(lens.shape[0], device=lens.device)
+        B, _, V = lens.shape
         view.state[STATE_KEY] = {
             "step": view.step,
             "p_max": p_max,  # (B,)
             "candidates": torch.zeros_like(view.logits, dtype=torch.bool).scatter_(1, ids, keep),  # (B, V)
-            "anchor_logits": lens[rows, a],  # (B, V) z_{a*}
+            "anchor_logits": lens.gather(1, a[:, None, None].expand(B, 1, V)).squeeze(1),  # (B, V) z_{a*}
         }
-        return torch.tensor(self._layers, device=lens.device)[a]
+        return layer_ids[a]  # (B,)
 
 
 @dataclass

@@ -18,11 +18,11 @@ Readings where the paper is silent (parameters, so other readings are one overri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
 from mllm_refine.components import AttentionRow, HeadFilter, LayerSelector, ModelInfo, Needs, StepView, resolve_layers
-from mllm_refine.functional import hellinger
 from mllm_refine.hookspecs import hookimpl
 from mllm_refine.lazy import torch
 
@@ -42,8 +42,11 @@ class HellingerShiftSelector(LayerSelector):
         self._candidates = resolve_layers(self.layers or default, L, "layers", lowest=2)
         self._blocks = sorted({l for c in self._candidates for l in (c - 1, c)})  # every block read
         slot = {l: i for i, l in enumerate(self._blocks)}
-        self._cur = torch.tensor([slot[c] for c in self._candidates])  # (C,) slot of block l
-        self._prev = torch.tensor([slot[c - 1] for c in self._candidates])  # (C,) slot of block l - 1
+        cur = [slot[c] for c in self._candidates]  # slot of block l, per candidate
+        prev = [slot[c - 1] for c in self._candidates]  # slot of block l - 1
+        # Candidates that run through consecutive blocks compare neighbouring slots: two views.
+        self._neighbours = cur == list(range(1, len(self._blocks))) and prev == list(range(len(self._blocks) - 1))
+        self._cur, self._prev = torch.tensor(cur), torch.tensor(prev)  # (C,) each
         self._layer_of = torch.tensor(self._candidates)  # (C,) block number of each candidate
 
     def candidates(self) -> list[int]:
@@ -55,16 +58,21 @@ class HellingerShiftSelector(LayerSelector):
 
     def shifts(self, view: StepView) -> torch.Tensor:
         """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
-        rows = view.attentions(self._blocks)  # (B, N, H, I)
-        mean = rows.mean(2)  # (B, N, I): head-mean image attention of each block read
-        cur, prev = self._cur.to(mean.device), self._prev.to(mean.device)
-        return hellinger(mean[:, prev], mean[:, cur])  # (B, C)
+        rows = view.attentions(self._blocks, renormalize=False)  # (B, N, H, I) raw image probabilities
+        H = rows.shape[2]
+        # Head mean of the maps each renormalised over the image, as one product: sum_h a_h / (H s_h).
+        weight = (rows.sum(-1).clamp_min(torch.finfo(rows.dtype).tiny) * H).reciprocal()  # (B, N, H)
+        root = torch.matmul(weight[:, :, None, :], rows).squeeze(2).sqrt()  # (B, N, I) sqrt of each Abar_l
+        if self._neighbours:
+            prev, cur = root[:, :-1], root[:, 1:]  # (B, C, I) each, views
+        else:
+            prev, cur = root[:, self._prev.to(root.device)], root[:, self._cur.to(root.device)]  # (B, C, I) each
+        return (prev - cur).norm(dim=-1) / math.sqrt(2)  # (B, C): H(Abar_{l-1}, Abar_l)
 
     def select(self, view: StepView) -> torch.Tensor:
         s = self.shifts(view)  # (B, C)
         layer = self._layer_of.to(s.device)[s.argmax(1)]  # (B,)
-        has_image = view.image_mask.any(1)  # (B,)
-        return torch.where(has_image, layer, torch.full_like(layer, -1))
+        return layer.masked_fill(~view.image_mask.any(1), -1)  # (B,): -1 for a sample without an image
 
 
 @dataclass
@@ -99,6 +107,8 @@ class HeadNormFilter(HeadFilter):
         else:
             keep = row.key_valid if self.keys == "all" else row.key_valid & row.image_keys  # (B, K)
             norm = torch.linalg.vector_norm(scores * keep[:, None, :], dim=-1)  # (B, H)
+        if self.count == 1:  # one head per block (15 % of 8 heads): the argmin, without a sort
+            return norm.argmin(-1, keepdim=True)  # (B, 1)
         return norm.topk(self.count, dim=-1, largest=False).indices  # (B, count)
 
     def scores(self, scores: torch.Tensor, row: AttentionRow) -> torch.Tensor:

@@ -42,7 +42,7 @@ class LayerContrastCombiner(LogitCombiner):
         early = view.lens_at(layer, final_norm=self.final_norm)  # (B, V)
         dz = contrast(final, early, self.space)  # (B, V)
         keep = plausible(final, self.alpha) if self.cutoff == "probs" else relative_top(final.log_softmax(-1), self.alpha)
-        dz = dz.masked_fill(~keep, float("-inf"))  # (B, V)
+        dz = torch.where(keep, dz, float("-inf"))  # (B, V)
         return torch.where((layer >= 0)[:, None], dz, final)
 
 

@@ -19,6 +19,7 @@ from mllm_refine.adapters.base import ModelAdapter
 from mllm_refine.compat import cache_kwarg
 from mllm_refine.components.branch import Branch
 from mllm_refine.data.sample import Sample
+from mllm_refine.engine.kv_cache import growing_cache
 from mllm_refine.engine.prefill import forward_kwargs
 from mllm_refine.lazy import torch, transformers
 
@@ -47,7 +48,9 @@ class BranchRunner:
         inputs: Any,
         samples: list[Sample],
         capture: Capture | None = None,
+        new_tokens: int = 0,
     ) -> None:
+        """``new_tokens``: the answer length to make room for in each branch's cache."""
         self.model: Any = model  # a transformers model: submodules, config and generation helpers are read by name
         self.capture = capture
         self.ids: dict[str, torch.Tensor] = {}  # name -> (B, T_branch) prompt ids
@@ -58,7 +61,8 @@ class BranchRunner:
             branch_inputs = b.inputs(inputs, samples, adapter)
             kwargs = forward_kwargs(model, branch_inputs)
             self.ids[b.name] = kwargs.pop("input_ids")
-            kwargs[cache_kwarg()] = transformers.DynamicCache(config=self.model.config)
+            cache = growing_cache(adapter.text_config, self.ids[b.name].shape[1], new_tokens)
+            kwargs[cache_kwarg()] = cache or transformers.DynamicCache(config=self.model.config)
             kwargs["use_cache"] = True
             kwargs["logits_to_keep"] = 1
             self.kwargs[b.name] = kwargs

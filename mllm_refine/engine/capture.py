@@ -142,6 +142,7 @@ class Capture:
         self.state: dict[str, Any] = {}
         self.attention: dict[int, torch.Tensor] = {}  # layer -> (B, H, I) raw probabilities
         self.hidden: dict[int, torch.Tensor] = {}  # layer -> (B, D)
+        self.tables: dict[Any, torch.Tensor] = {}  # lookup tables a step view builds once per request
         self.prefill_rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, T)
         self.scores: dict[int, torch.Tensor] = {}  # layer -> (B, H, K) pre-softmax, before filters
         self.question_rows: dict[tuple[int, int], torch.Tensor] = {}  # (layer, back) -> (B, H, T)
@@ -152,7 +153,8 @@ class Capture:
         self.paused = False  # True while a branch pass runs: no probe records, no filter acts
         self.branches: Any = None  # engine.branches.BranchRunner when Needs.branches is set
         self.branch_logits: dict[str, torch.Tensor] = {}  # name -> (B, V) at the current step
-        self._masks: tuple | None = None  # (attention_mask, (B, K), (key_valid, image_keys))
+        self._masks: tuple | None = None  # (attention_mask, (step, B, H, K), this pass's AttentionRow)
+        self._gather: torch.Tensor | None = None  # (B, H, I) image positions, per pass
 
     @contextmanager
     def pause(self) -> Iterator["Capture"]:
@@ -203,15 +205,35 @@ class Capture:
         """True when ``on_attention`` will compute this block's current row itself."""
         return not self.paused and self._probed(module.layer_idx + 1)
 
-    def _key_masks(self, attention_mask: torch.Tensor | None, batch: int, keys: int, device: torch.device) -> tuple:
-        """``(key_valid, image_keys)``, (B, K) bool each, built once per forward pass: every block
-        of a pass gets the same mask object and key count."""
+    def _pass_row(self, attention_mask: torch.Tensor | None, batch: int, heads: int, keys: int, device: torch.device) -> AttentionRow:
+        """The ``AttentionRow`` of this forward pass, built at its first probed block: every block
+        of a pass gets the same mask object and key count, so masks, the image gather index and the
+        row itself are made once per pass, and each block only sets ``layer`` on it. A new pass
+        also drops the last pass's ``attention``, so the live dict a filter reads holds only the
+        blocks before its own in this pass."""
         cached = self._masks
-        if cached is not None and cached[0] is attention_mask and cached[1] == (batch, keys):
+        if cached is not None and cached[0] is attention_mask and cached[1] == (self.step, batch, heads, keys):
             return cached[2]
-        masks = (_row_key_mask(attention_mask, batch, keys, device), self.image_keys(keys))
-        self._masks = (attention_mask, (batch, keys), masks)  # holds the mask: its id is not reused
-        return masks
+        self.attention.clear()
+        row = AttentionRow(
+            layer=0,
+            step=self.step,
+            key_valid=_row_key_mask(attention_mask, batch, keys, device),  # (B, K)
+            image_keys=self.image_keys(keys),  # (B, K)
+            state=self.state,
+            image_index=self.image_index,
+            image_slots=self.image_slots,
+            image_grid=self.image_grid,
+            row_end_tokens=self.adapter.row_end_tokens,
+            attention=self.attention,
+            prefill_rows=self.prefill_rows,
+            question_rows=self.question_rows,
+            question_last=self.question_last,
+            padded=attention_mask is not None,  # without a mask the row sees every key
+        )
+        self._gather = self.image_index[:, None, :].expand(batch, heads, -1)  # (B, H, I)
+        self._masks = (attention_mask, (self.step, batch, heads, keys), row)  # holds the mask: its id is not reused
+        return row
 
     def on_attention(
         self,
@@ -228,26 +250,10 @@ class Capture:
         layer = module.layer_idx + 1
         filters = self.filters.get(layer, [])
         B, H = query.shape[:2]
-        K = key.shape[2]
-        padded = attention_mask is not None  # without a mask the row sees every key
+        row = self._pass_row(attention_mask, B, H, key.shape[2], query.device)
+        row.layer = layer
+        key_valid, padded = row.key_valid, row.padded  # (B, K)
         scores = row_scores(query, key, scaling)  # (B, H, K)
-        key_valid, image_keys = self._key_masks(attention_mask, B, K, query.device)  # (B, K) each
-        row = AttentionRow(
-            layer=layer,
-            step=self.step,
-            key_valid=key_valid,
-            image_keys=image_keys,
-            state=self.state,
-            image_index=self.image_index,
-            image_slots=self.image_slots,
-            image_grid=self.image_grid,
-            row_end_tokens=self.adapter.row_end_tokens,
-            attention={l: a for l, a in self.attention.items() if l < layer},  # this pass only
-            prefill_rows=self.prefill_rows,
-            question_rows=self.question_rows,
-            question_last=self.question_last,
-            padded=padded,
-        )
         if self.step == 0 and layer in self._question_backs:
             assert self.question_last is not None  # begin() sets it under Needs.question_rows
             for back in self._question_backs[layer]:
@@ -263,8 +269,8 @@ class Capture:
         for f in filters:
             probs = f.probs(probs, row)
         if layer in self.needs.attention:
-            index = self.image_index[:, None, :].expand(B, H, -1)  # (B, H, I)
-            image = probs.gather(2, index)  # (B, H, I)
+            assert self._gather is not None  # set with this pass's row
+            image = probs.gather(2, self._gather)  # (B, H, I)
             self.attention[layer] = image if self.full_slots else image * self.image_slots[:, None, :]
         if layer in self.needs.prefill_rows and self.step == 0:
             self.prefill_rows[layer] = probs  # (B, H, T)

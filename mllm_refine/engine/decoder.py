@@ -15,12 +15,14 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from mllm_refine.adapter_lookup import adapter_for
+from mllm_refine.compat import cache_kwarg
 from mllm_refine.components import ModelInfo
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine.branches import BranchRunner, check_branches
 from mllm_refine.engine.capture import Capture
 from mllm_refine.engine.config import DecodeConfig
 from mllm_refine.engine.forcing import TeacherForcing
+from mllm_refine.engine.kv_cache import growing_cache
 from mllm_refine.engine.parts import Parts
 from mllm_refine.engine.prefill import PrefillPass, prefill
 from mllm_refine.engine.processor import RefineProcessor
@@ -164,7 +166,7 @@ class Decoder:
         capture.begin(inputs["input_ids"], inputs, samples)
         if self.needs.branches:
             branches = check_branches(self.needs.branches)
-            capture.branches = BranchRunner(self.model, self.adapter, branches, inputs, samples, capture)
+            capture.branches = BranchRunner(self.model, self.adapter, branches, inputs, samples, capture, self.config.max_new_tokens)
         # Sampling: each sample draws from its own stream, so batch size and resumes never
         # change a sampled answer.
         generators = (
@@ -176,9 +178,12 @@ class Decoder:
         stopping = StoppingCriteriaList()
         if self.config.stop:
             stopping.append(StopOnStrings(self.tokenizer, self.config.stop, prompt_length))
+        # A cache that grows in place: no step copies it (engine.kv_cache).
+        cache = growing_cache(self.adapter.text_config, prompt_length, self.config.max_new_tokens)
         with capture.installed():
             out = self.model.generate(
                 **inputs,
+                **({cache_kwarg(): cache} if cache is not None else {}),
                 generation_config=gc,
                 logits_processor=LogitsProcessorList([processor]),
                 stopping_criteria=stopping,

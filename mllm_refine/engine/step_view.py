@@ -110,23 +110,39 @@ class StepView:
             z = self._project(h, final_norm)  # (B, M, V)
             for i, l in enumerate(missing):
                 self._lens[(l, final_norm)] = z[:, i]
+            if missing == list(layers):  # every lens is new and in this order: the stack is z itself
+                return z
         return torch.stack([self._lens[(l, final_norm)] for l in layers], 1)  # (B, N, V)
 
     def lens_at(self, layers: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
-        """``(B, V)``: each sample's lens at its own layer ``layers[b]``; rows with ``-1`` hold
-        the final logits. One ``lm_head`` call for the whole batch."""
-        chosen = layers.tolist()
-        distinct = sorted(set(chosen) - {-1})
-        if not distinct:
-            return self.logits
-        if len(distinct) == 1 or all((l, final_norm) in self._lens for l in distinct):
-            # One layer for the batch (always at batch 1), or lenses a part already computed.
-            z = self.lens(distinct[0], final_norm)  # (B, V)
-            for layer in distinct[1:]:
-                z = torch.where((layers == layer)[:, None], self.lens(layer, final_norm), z)
+        """``(B, V)``: each sample's lens at its own layer ``layers[b]`` (a layer of
+        ``Needs.hidden``); rows with ``-1`` hold the final logits. One ``lm_head`` call for the
+        whole batch, and the layers never leave the device: each row's state is gathered from the
+        stack of the kept ones through a layer -> slot table."""
+        kept = sorted(self.capture.hidden)  # the M layers whose states this step kept
+        if not kept:
+            raise KeyError(f"lens_at: layers {layers.tolist()} were not declared in Needs.hidden")
+        slot = self._slots(kept, layers.device)[layers]  # (B,); -1 rows read the table's last entry, slot 0
+        B = layers.shape[0]
+        if all((l, final_norm) in self._lens for l in kept):  # a part already computed every lens
+            z = torch.stack([self._lens[(l, final_norm)] for l in kept], 1)  # (B, M, V)
+            z = z.gather(1, slot[:, None, None].expand(B, 1, z.shape[-1])).squeeze(1)  # (B, V)
         else:
-            h = torch.zeros_like(self.hidden(distinct[0]))  # (B, D)
-            for layer in distinct:
-                h = torch.where((layers == layer)[:, None], self.hidden(layer), h)
+            h = torch.stack([self.hidden(l) for l in kept], 1)  # (B, M, D)
+            h = h.gather(1, slot[:, None, None].expand(B, 1, h.shape[-1])).squeeze(1)  # (B, D)
             z = self._project(h, final_norm)  # (B, V)
-        return z if -1 not in chosen else torch.where((layers >= 0)[:, None], z, self.logits)
+        return torch.where((layers >= 0)[:, None], z, self.logits)
+
+    def _slots(self, kept: list[int], device: torch.device) -> torch.Tensor:
+        """``(L + 2,)`` long, made once per request: at ``l`` in 0..L the index of layer ``l``
+        among ``kept``, or ``len(kept)`` (out of range: the gather raises) for a layer that was not
+        kept; the last entry, which index ``-1`` reads, is slot 0 (those rows keep the final
+        logits)."""
+        key = ("lens_at", tuple(kept), device)
+        table = self.capture.tables.get(key)
+        if table is None:
+            table = torch.full((self.num_layers + 2,), len(kept), dtype=torch.long)
+            table[kept] = torch.arange(len(kept))
+            table[-1] = 0
+            table = self.capture.tables[key] = table.to(device)
+        return table

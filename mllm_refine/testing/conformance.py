@@ -53,6 +53,8 @@ class KeepFinal(LogitCombiner):
 
     def combine(self, view: StepView, layer: torch.Tensor | None) -> torch.Tensor:
         if layer is not None:
+            for l in set(layer.tolist()) - {-1}:  # a KeyError naming the missing declaration
+                view.hidden(l)
             view.lens_at(layer)  # the engine must have captured every layer the selector may pick
         return view.logits
 
@@ -325,6 +327,7 @@ def check_needs_and_returns(
         return  # head filters and refiners read the AttentionRow or the decoder, not StepView
     declared = part.needs()
     implied = Needs(hidden=frozenset(parts.layer_selector.candidates())) if parts.layer_selector else Needs()
+
     def keys(needs: Needs, need: str) -> set:
         values = getattr(needs, need, ())
         return {b.name for b in values} if need == "branches" else set(values)  # a branch is read by name

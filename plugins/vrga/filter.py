@@ -173,15 +173,18 @@ class VRGAFilter(HeadFilter):
         K = probs.shape[-1]
         cached = row.state.get(key + ":step")
         if cached is None or cached[0] != K:  # once per step: every block of it has the same keys
-            boost = F.pad(row.state[key], (0, K - row.state[key].shape[1]))  # (B, K): new tokens are no image
-            image_col = row.image_keys.to(probs.dtype)[:, :, None]  # (B, K, 1)
-            n_image = image_col.sum(1).clamp_min(1)  # (B, 1)
-            share = row.key_valid.sum(1, keepdim=True).to(probs.dtype) / n_image  # (B, 1) n_valid / n_image
-            cached = row.state[key + ":step"] = (K, self.gamma * boost.to(probs.dtype)[:, None, :], image_col, share)
-        _, boost, image_col, share = cached  # boost: (B, 1, K) gamma on the boosted keys, 0 elsewhere
-        engaged = engaged_heads(probs, image_col, share, self.engaged_r, self.engaged_h, self.engaged_entropy)  # (B, H)
-        p = torch.addcmul(probs, probs, engaged.to(probs.dtype)[:, :, None] * boost)  # (B, H, K): a * (1 + gamma)
-        return p / p.sum(-1, keepdim=True)
+            boost = F.pad(row.state[key], (0, K - row.state[key].shape[1])).to(probs.dtype)  # (B, K): new tokens are no image
+            image = row.image_keys.to(probs.dtype)  # (B, K)
+            share = row.key_valid.sum(1, keepdim=True).to(probs.dtype) / image.sum(1, keepdim=True).clamp_min(1)  # (B, 1) n_valid / n_image
+            cols = torch.stack([image, self.gamma * boost], -1)  # (B, K, 2): image keys; gamma on the boosted ones
+            cached = row.state[key + ":step"] = (K, cols, share)
+        _, cols, share = cached
+        engaged, boosted = engaged_heads(probs, cols, share, self.engaged_r, self.engaged_h, self.engaged_entropy)  # (B, H), (B, H, 1)
+        # a * (1 + gamma) on the boosted keys of engaged heads, renormalised: the row's new total
+        # is 1 + gamma * (its mass on boosted keys), known from the same product as R.
+        e = engaged.to(probs.dtype)  # (B, H)
+        p = torch.addcmul(probs, probs, e[:, :, None] * cols[:, None, :, 1])  # (B, H, K)
+        return p / torch.addcmul(torch.ones_like(boosted), e[:, :, None], boosted)  # (B, H, K) / (B, H, 1)
 
     def report(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Per sample: the visual heads ``[block, head]``, the focus tokens (indices among the

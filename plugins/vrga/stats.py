@@ -26,28 +26,29 @@ def row_stats(probs: torch.Tensor, image_keys: torch.Tensor, key_valid: torch.Te
 
 def engaged_heads(
     probs: torch.Tensor,
-    image_col: torch.Tensor,
+    cols: torch.Tensor,
     share: torch.Tensor,
     engaged_r: float,
     engaged_h: float,
     entropy: str = "raw",
-) -> torch.Tensor:
-    """``(B, H)`` bool: heads of rows ``probs`` (B, H, K) with ``R > engaged_r`` and
-    ``R > engaged_h * H``. A row sums to 1 over its valid keys, so their mean is ``1 / n_valid``
-    and ``R = mass * share`` with ``share = n_valid / n_image`` (B, 1); ``image_col`` (B, K, 1)
-    marks the image keys. ``entropy``: ``raw``, ``-sum a log a`` over the image probabilities as
-    they are (summing to the image mass, not to 1); ``renorm``, the entropy of the image part
-    renormalised, as ``row_stats``. A head with no image mass has R = 0 and nothing to boost, so
-    its entropy needs no guard."""
-    mass = torch.bmm(probs, image_col)[..., 0]  # (B, H) attention on image keys
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(engaged, extra)`` of attention rows ``probs`` (B, H, K): ``engaged`` (B, H) bool marks
+    the heads with ``R > engaged_r`` and ``R > engaged_h * H``; ``cols`` (B, K, 1 + E) marks the
+    image keys in its first column, and ``extra`` (B, H, E) is each row's product with the other
+    columns (the filter's boost weights), from the same product as the image mass. A row sums
+    to 1 over its valid keys, so their mean is ``1 / n_valid`` and ``R = mass * share`` with
+    ``share = n_valid / n_image`` (B, 1). ``entropy``: ``raw``, ``-sum a log a`` over the image
+    probabilities as they are (summing to the image mass, not to 1); ``renorm``, the entropy of
+    the image part renormalised, as ``row_stats``. A head with no image mass has R = 0 and
+    nothing to boost, so its entropy needs no guard."""
+    sums = torch.bmm(probs, cols)  # (B, H, 1 + E): mass on image keys, then the extra columns' products
+    mass = sums[..., 0]  # (B, H)
     ratio = mass * share  # (B, H)
-    a_log_a = torch.bmm(torch.special.xlogy(probs, probs), image_col)[..., 0]  # (B, H)
-    if entropy == "raw":
-        h = -a_log_a
-    else:
+    h = torch.bmm(torch.special.entr(probs), cols[..., :1])[..., 0]  # (B, H): -sum a log a over the image
+    if entropy != "raw":
         m = mass.clamp_min(TINY)
-        h = m.log() - a_log_a / m  # (B, H)
-    return (ratio > engaged_r) & (ratio > engaged_h * h)
+        h = m.log() + h / m  # (B, H)
+    return (ratio > engaged_r) & (ratio > engaged_h * h), sums[..., 1:]
 
 
 def select_heads(

@@ -20,13 +20,13 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
         "--model", "tiny-llava", "--recipe", "dualpd", "--threads", "1",
         "--max-new-tokens", "3", "--batch", "4", "--batch-tokens", "2", "--repeats", "1", "--batch-repeats", "1",
         "--reference", "cache", "--ref-tokens", "3", "--memory-lengths", "64,128", "--memory-tokens", "1",
-        "--profile-recipe", "dualpd", "--json", str(out_json), "--markdown", str(out_md),
+        "--profile-recipe", "dualpd", "--long-tokens", "60", "--long-rounds", "1", "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # generous: the machine may be shared
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out_json.read_text())
 
-    assert set(result) >= {"command", "machine", "settings", "recipes", "reference", "memory_scaling", "profile"}
+    assert set(result) >= {"command", "machine", "settings", "recipes", "reference", "memory_scaling", "profile", "length"}
     assert result["machine"]["torch_threads"] == 1
     assert {"cpu", "cores", "torch", "transformers"} <= set(result["machine"])
     rows = {r["recipe"]: r for r in result["recipes"]}
@@ -54,5 +54,30 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert all(m["agree"] for m in result["memory_scaling"])
     assert result["profile"]["rows"] and result["profile"]["steps"] >= 1
 
+    length = {r["recipe"]: r for r in result["length"]}
+    assert list(length) == ["vanilla", "vanilla_rows", "dualpd"]
+    assert all(r["early_token"] == 20 and r["late_token"] == 40 and r["late_over_early"] > 0 for r in length.values())
+
     text = out_md.read_text()
     assert "<!-- results:begin -->" in text and "| dualpd |" in text and "torch threads set to 1" in text
+    assert "### Cost against answer length (batch 1)" in text
+
+
+def test_kv_cache_benchmark_prints_both_caches() -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kv_cache.py"), "--tokens", "30", "--rounds", "1", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| vanilla |") or line.startswith("| dualpd |")]
+    assert {tuple(r.split(" | ")[:2]) for r in rows} == {
+        ("| vanilla", "growing"), ("| vanilla", "dynamic"), ("| dualpd", "growing"), ("| dualpd", "dynamic")
+    }
+
+
+def test_end_to_end_benchmark_agrees_with_the_plain_loop(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"), "--limit", "8", "--rounds", "2", "--threads", "1", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["questions"] == 8 and len(result["rounds"]) == 2
+    assert all(r["agree"] == 1.0 and r["ours_s"] > 0 and r["plain_s"] > 0 for r in result["rounds"])

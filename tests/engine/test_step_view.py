@@ -24,7 +24,7 @@ def _view(B: int = 3, D: int = 4, V: int = 7, layers: int = 4) -> StepView:
     torch.manual_seed(0)
     head, norm = CountingHead(D, V), nn.LayerNorm(D)
     adapter = SimpleNamespace(info=lambda: SimpleNamespace(num_layers=layers), final_norm=norm, lm_head=head)
-    capture = SimpleNamespace(hidden={l: torch.randn(B, D) for l in range(layers + 1)}, state={})
+    capture = SimpleNamespace(hidden={l: torch.randn(B, D) for l in range(layers + 1)}, state={}, tables={})
     return StepView(0, torch.zeros(B, 1, dtype=torch.long), torch.randn(B, V), capture, adapter)
 
 
@@ -51,5 +51,31 @@ def test_lens_at_picks_each_samples_layer():
     torch.testing.assert_close(got[0], view.lens(2)[0])
     torch.testing.assert_close(got[1], view.logits[1])
     torch.testing.assert_close(got[2], view.lens(4)[2])
-    view.lenses([2, 4])
+    view.lenses(list(range(5)))
     torch.testing.assert_close(view.lens_at(layers), got)  # from the cached lenses: the same rows
+
+
+def test_lens_at_rows_without_a_layer_when_layer_0_was_not_kept():
+    view = _view()
+    del view.capture.hidden[0]
+    got = view.lens_at(torch.tensor([-1, 3, -1]))
+    torch.testing.assert_close(got[0], view.logits[0])
+    torch.testing.assert_close(got[1], view.lens(3)[1])
+    torch.testing.assert_close(got[2], view.logits[2])
+
+
+def test_lens_at_makes_one_head_call_for_a_batch_of_layers():
+    view = _view()
+    view.lens_at(torch.tensor([2, 0, 4]))
+    assert view.adapter.lm_head.calls == 1
+
+
+def test_lens_at_an_undeclared_layer_fails():
+    view = _view()
+    del view.capture.hidden[3]
+    try:
+        view.lens_at(torch.tensor([1, 3, 2]))
+    except (IndexError, RuntimeError) as e:
+        assert "out of bounds" in str(e)
+    else:
+        raise AssertionError("a layer without a kept state was read")

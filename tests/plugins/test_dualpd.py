@@ -10,8 +10,9 @@ import torch
 
 from mllm_refine.components import AttentionRow, ModelInfo
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
+from mllm_refine.functional import hellinger
 from mllm_refine.testing.tiny_models import tiny_llava
-from mllm_refine_plugins.dualpd import HeadNormFilter, HellingerShiftSelector, hellinger
+from mllm_refine_plugins.dualpd import HeadNormFilter, HellingerShiftSelector
 from mllm_refine_plugins.layer_contrast import LayerContrastCombiner
 
 INFO = ModelInfo(num_layers=8, num_heads=4, num_kv_heads=4, hidden_size=8, vocab_size=5, family="test")

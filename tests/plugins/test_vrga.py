@@ -265,9 +265,18 @@ def test_engaged_entropy_raw_and_renormalised_by_hand():
     probs = torch.tensor([[[0.5, 0.3, 0.2]]])  # (B=1, H=1, K=3)
     image_col = torch.tensor([[[1.0], [1.0], [0.0]]])
     share = torch.tensor([[0.85]])
-    raw = engaged_heads(probs, image_col, share, engaged_r=0.0, engaged_h=1.0, entropy="raw")
-    renorm = engaged_heads(probs, image_col, share, engaged_r=0.0, engaged_h=1.0, entropy="renorm")
+    raw, _ = engaged_heads(probs, image_col, share, engaged_r=0.0, engaged_h=1.0, entropy="raw")
+    renorm, _ = engaged_heads(probs, image_col, share, engaged_r=0.0, engaged_h=1.0, entropy="renorm")
     assert raw.tolist() == [[False]] and renorm.tolist() == [[True]]
+
+
+def test_engaged_heads_extra_columns_are_the_rows_products():
+    # A boost column of gamma 0.5 on keys 1 and 2: 0.5 * (0.3 + 0.2) = 0.25.
+    probs = torch.tensor([[[0.5, 0.3, 0.2]]])  # (B=1, H=1, K=3)
+    cols = torch.tensor([[[1.0, 0.0], [1.0, 0.5], [0.0, 0.5]]])  # (B, K, 2): image, boost weights
+    engaged, extra = engaged_heads(probs, cols, torch.tensor([[0.85]]), engaged_r=0.0, engaged_h=1.0, entropy="renorm")
+    assert engaged.tolist() == [[True]]
+    torch.testing.assert_close(extra, torch.tensor([[[0.25]]]))
 
 
 def test_select_heads_and_background_pool_by_hand():
@@ -478,7 +487,7 @@ def test_engaged_heads_agree_with_row_stats_on_padded_rows():
     ratio, entropy = row_stats(probs, image, valid)
     expected = (ratio > 0.6) & (ratio > 0.2 * entropy)
     share = valid.sum(1, keepdim=True).float() / image.sum(1, keepdim=True).float()
-    got = engaged_heads(probs, image.float()[:, :, None], share, 0.6, 0.2, entropy="renorm")
+    got, _ = engaged_heads(probs, image.float()[:, :, None], share, 0.6, 0.2, entropy="renorm")
     assert got.tolist() == expected.tolist()
     assert got[:, 0].all() and not got[:, 1].any()
 
