@@ -59,10 +59,11 @@ class HellingerShiftSelector(LayerSelector):
     def shifts(self, view: StepView) -> torch.Tensor:
         """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
         rows = view.attentions(self._blocks, renormalize=False)  # (B, N, H, I) raw image probabilities
-        H = rows.shape[2]
+        B, N, H, I = rows.shape
         # Head mean of the maps each renormalised over the image, as one product: sum_h a_h / (H s_h).
         weight = (rows.sum(-1).clamp_min(torch.finfo(rows.dtype).tiny) * H).reciprocal()  # (B, N, H)
-        root = torch.matmul(weight[:, :, None, :], rows).squeeze(2).sqrt()  # (B, N, I) sqrt of each Abar_l
+        mean = torch.bmm(weight.view(B * N, 1, H), rows.view(B * N, H, I))  # (B N, 1, I): Abar_l
+        root = mean.view(B, N, I).sqrt()  # (B, N, I) sqrt of each Abar_l
         if self._neighbours:
             prev, cur = root[:, :-1], root[:, 1:]  # (B, C, I) each, views
         else:

@@ -52,11 +52,13 @@ def row_scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) ->
     B, H, Q, Dh = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else Dh**-0.5
-    q = (query[:, :, -1:, :] if Q > 1 else query).reshape(B, Hkv, H // Hkv, Dh)  # (B, Hkv, rep, Dh): h = g * rep + r
-    # matmul over a transposed view: einsum copies K into a permuted layout at every call.
-    scores = torch.matmul(q, key.transpose(-1, -2))  # (B, Hkv, rep, K), a fresh tensor
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # no copy when already float32
-    return scores.mul_(scale).reshape(B, H, K)  # (B, H, K)
+    q = (query[:, :, -1:, :] if Q > 1 else query).reshape(B * Hkv, H // Hkv, Dh)  # (B Hkv, rep, Dh): h = g * rep + r
+    # bmm over 3-D views: the cache's keys merge (B, Hkv) without a copy, and matmul's 4-D path
+    # would add an expand and a view per operand; einsum copies K into a permuted layout.
+    scores = torch.bmm(q, key.reshape(B * Hkv, K, Dh).transpose(1, 2))  # (B Hkv, rep, K), a fresh tensor
+    if scores.dtype.itemsize < 4:  # half precision: the row is widened to float32 (no copy otherwise)
+        scores = scores.float()
+    return scores.mul_(scale).view(B, H, K)  # (B, H, K)
 
 
 def prompt_row(
@@ -79,8 +81,12 @@ def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | Non
     ``probs`` meet ``value`` in the model's dtype, as in eager and flash attention."""
     B, H, K = probs.shape
     Hkv, Dh = value.shape[1], value.shape[3]
-    p = probs.reshape(B, Hkv, H // Hkv, K).to(value.dtype)  # (B, Hkv, rep, K)
-    row = torch.matmul(p, value).reshape(B, 1, H, Dh).to(dtype)  # (B, 1, H, Dh)
+    p = probs.reshape(B * Hkv, H // Hkv, K)  # (B Hkv, rep, K)
+    if p.dtype != value.dtype:
+        p = p.to(value.dtype)
+    row = torch.bmm(p, value.reshape(B * Hkv, K, Dh)).view(B, 1, H, Dh)  # (B, 1, H, Dh)
+    if row.dtype != dtype:
+        row = row.to(dtype)
     if out is None:
         return row
     if out.requires_grad:  # sdpa's backward reads its own output: never edit it in place

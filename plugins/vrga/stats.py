@@ -48,7 +48,8 @@ def engaged_heads(
     if entropy != "raw":
         m = mass.clamp_min(TINY)
         h = m.log() + h / m  # (B, H)
-    return (ratio > engaged_r) & (ratio > engaged_h * h), sums[..., 1:]
+    # R > engaged_r and R > engaged_h * H, as one comparison with the larger bound.
+    return ratio > (h * engaged_h).clamp_min_(engaged_r), sums[..., 1:]
 
 
 def select_heads(
