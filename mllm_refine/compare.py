@@ -79,9 +79,11 @@ def _metric(name: str) -> Any:
     return m
 
 
-def _primary(metric: StatsMetric, sums: torch.Tensor) -> torch.Tensor:
+def _primary(metric: StatsMetric, sums: torch.Tensor, value: str | None = None) -> torch.Tensor:
+    """The metric's headline value (or ``value``) from summed stats ``(..., K)``."""
     values = metric.reduce(sums)
-    return values[metric.primary] if metric.primary in values else next(iter(values.values()))
+    name = value or metric.primary
+    return values[name] if name in values else next(iter(values.values()))
 
 
 def score(run: Run, ids: list[str] | None = None) -> float | None:
@@ -98,11 +100,12 @@ def score(run: Run, ids: list[str] | None = None) -> float | None:
 
 
 def paired_bootstrap(
-    metric: StatsMetric, a: torch.Tensor, b: torch.Tensor, resamples: int = 1000, seed: int = 0
+    metric: StatsMetric, a: torch.Tensor, b: torch.Tensor, resamples: int = 1000, seed: int = 0, value: str | None = None
 ) -> tuple[float, float, float]:
-    """Delta ``metric(a) - metric(b)`` over paired per-sample stats ``(N, K)`` and its 95% interval."""
+    """Delta ``metric(a) - metric(b)`` over paired per-sample stats ``(N, K)`` and its 95% interval
+    (of the headline value, or of ``value`` among the metric's values)."""
     n = a.shape[0]
-    delta = float(_primary(metric, a.sum(0)) - _primary(metric, b.sum(0)))
+    delta = float(_primary(metric, a.sum(0), value) - _primary(metric, b.sum(0), value))
     g = torch.Generator().manual_seed(seed)
     chunk = max(1, min(resamples, 20_000_000 // max(n, 1)))
     deltas = []
@@ -110,7 +113,7 @@ def paired_bootstrap(
         r = min(chunk, resamples - start)
         idx = torch.randint(n, (r, n), generator=g)
         weights = torch.zeros(r, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(r, n, dtype=torch.float64))
-        deltas.append(_primary(metric, weights @ a) - _primary(metric, weights @ b))
+        deltas.append(_primary(metric, weights @ a, value) - _primary(metric, weights @ b, value))
     lo, hi = torch.quantile(torch.cat(deltas), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return delta, lo, hi
 
@@ -176,6 +179,7 @@ def table(runs: list[Run], baselines: list[Run], resamples: int = 1000, seed: in
     method = f"paired bootstrap 95% CI ({resamples} resamples, seed {seed}) over the ids both runs scored"
     lines += ["", f"Scores in percent; deltas to the baseline with a {method}.", *notes]
     for key, group in benches.items():
+        lines += values_table(group, base.get(key), labels[key], row_of, resamples, seed)
         lines += size_table(group, base.get(key), labels[key], row_of, resamples, seed)
     lines += ["", "Runs:", "", "| folder | recipe | model | data |", "|---|---|---|---|"]
     lines += [f"| {r.path} | {r.name} | {r.model} | {_flow(r.data)} |" for r in runs]
@@ -216,7 +220,38 @@ def size_table(
     return lines
 
 
-def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None = None) -> str:
+def values_table(
+    group: list[Run], base: Run | None, label: str, row_of: dict[int, str], resamples: int, seed: int
+) -> list[str]:
+    """Lines of the table of every value of a metric that has several (POPE's precision, recall,
+    F1 and yes-ratio beside its accuracy), each with its delta; none for a one-value metric."""
+    metric = _metric(group[0].metric)
+    if not isinstance(metric, StatsMetric) or any(r.metric != group[0].metric for r in group):
+        return []
+    per_run = {}
+    for r in group:
+        recs = r.scored()
+        stats = metric.sample_stats([recs[i]["prediction"] or "" for i in recs], [recs[i]["answers"] for i in recs])
+        per_run[id(r)] = {k: float(v) for k, v in metric.reduce(stats.sum(0)).items()}
+    names = list(next(iter(per_run.values())))
+    if len(names) < 2:
+        return []
+    lines = ["", f"Every value of {group[0].metric} ({label}):", "", "| recipe | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]  # fmt: skip
+    for r in group:
+        cells = []
+        for name in names:
+            text = _cell(per_run[id(r)][name])
+            if base is not None and r is not base:
+                text += " " + _delta(r, base, resamples, seed, value=name)
+            elif r is base:
+                text += " (baseline)"
+            cells.append(text)
+        lines.append(f"| {row_of[id(r)]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None = None, value: str | None = None) -> str:
     if run.metric != base.metric:
         return f"(metric {run.metric} vs baseline {base.metric}: no delta)"
     a, b = run.scored(), base.scored()
@@ -229,7 +264,7 @@ def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None
         return f"({_signed(d)}, n={len(ids)}, no CI for this metric)"
     sa = m.sample_stats([a[i]["prediction"] or "" for i in ids], [a[i]["answers"] for i in ids])
     sb = m.sample_stats([b[i]["prediction"] or "" for i in ids], [b[i]["answers"] for i in ids])
-    d, lo, hi = paired_bootstrap(m, sa, sb, resamples, seed)
+    d, lo, hi = paired_bootstrap(m, sa, sb, resamples, seed, value)
     return f"({_signed(d)}, 95% CI {_signed(lo)} … {_signed(hi)}, n={len(ids)})"
 
 

@@ -95,3 +95,27 @@ def test_compare_lists_each_runs_model_and_data_and_flags_mixed_models(tmp_path,
     assert f"| {base} | vanilla | tiny-llava | n: 4, name: shapes |" in printed
     assert f"| {other} | dualpd | /ckpts/llava-1.5-7b-hf (bfloat16) | n: 4, name: shapes |" in printed
     assert "the runs use 2 models" in printed  # a delta across models is not a method's effect
+
+
+def test_compare_lists_every_value_of_a_metric_that_has_several(tmp_path, capsys):
+    answers = ["yes", "no"] * 4  # 4 positives, 4 negatives
+    base = _run(tmp_path / "vanilla", "vanilla", answers, answers, parts=False, metric="pope")  # all right
+    # Says yes to everything: accuracy 4/8, precision 4/8, recall 4/4, F1 2/3, yes-ratio 8/8.
+    yes = _run(tmp_path / "yes", "says_yes", ["yes"] * 8, answers, parts=True, metric="pope")
+    out = tmp_path / "cmp.md"
+    assert main(["compare", base, yes, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    head = lines.index("| recipe | accuracy | precision | recall | f1 | yes_ratio |")
+    assert lines[head + 2] == "| vanilla | 100.0 (baseline) | 100.0 (baseline) | 100.0 (baseline) | 100.0 (baseline) | 50.0 (baseline) |"
+    cells = lines[head + 3].split(" | ")[1:]
+    assert [c.split(" (")[0] for c in cells] == ["50.0", "50.0", "100.0", "66.7", "100.0"]
+    assert cells[2].startswith("100.0 (+0.0, 95% CI +0.0 … +0.0")  # recall: the same on every resample
+    assert cells[4].startswith("100.0 (+50.0,")  # yes-ratio: +50 points
+
+
+def test_one_value_metric_has_no_values_table(tmp_path, capsys):
+    answers = ["yes", "no"]
+    base = _run(tmp_path / "vanilla", "vanilla", answers, answers, parts=False)
+    assert main(["compare", base, "-o", str(tmp_path / "cmp.md")]) == 0
+    assert "Every value of" not in capsys.readouterr().out
