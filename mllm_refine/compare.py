@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -204,19 +204,21 @@ def size_table(
     names = ordered_buckets({b for groups in buckets.values() for b in groups})
     if not names:
         return []
-    lines = ["", f"By target size ({label}; meta.size_bucket):", "", "| recipe | " + " | ".join(names) + " |",
-             "|---" * (len(names) + 1) + "|"]  # fmt: skip
-    for r in group:
-        cells = []
-        for b in names:
-            ids = buckets[id(r)].get(b, [])
-            text = f"{_cell(score(r, ids) if ids else None)} (n={len(ids)})"
-            if base is not None and r is not base and ids:
-                text = f"{_cell(score(r, ids))} {_delta(r, base, resamples, seed, set(ids))}"
-            elif r is base:
-                text += " (baseline)"
-            cells.append(text)
-        lines.append(f"| {row_of[id(r)]} | " + " | ".join(cells) + " |")
+
+    def cell(r: Run, b: str) -> str:
+        ids = buckets[id(r)].get(b, [])
+        if base is not None and r is not base and ids:
+            return f"{_cell(score(r, ids))} {_delta(r, base, resamples, seed, set(ids))}"
+        text = f"{_cell(score(r, ids) if ids else None)} (n={len(ids)})"
+        return text + " (baseline)" if r is base else text
+
+    return _sub_table(f"By target size ({label}; meta.size_bucket):", names, group, row_of, cell)
+
+
+def _sub_table(title: str, names: list[str], group: list[Run], row_of: dict[int, str], cell: Callable[[Run, str], str]) -> list[str]:
+    """Lines of a table under the main one: a row per run, a column per name, ``cell(run, name)``."""
+    lines = ["", title, "", "| recipe | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {row_of[id(r)]} | " + " | ".join(cell(r, n) for n in names) + " |" for r in group]
     return lines
 
 
@@ -236,19 +238,14 @@ def values_table(
     names = list(next(iter(per_run.values())))
     if len(names) < 2:
         return []
-    lines = ["", f"Every value of {group[0].metric} ({label}):", "", "| recipe | " + " | ".join(names) + " |",
-             "|---" * (len(names) + 1) + "|"]  # fmt: skip
-    for r in group:
-        cells = []
-        for name in names:
-            text = _cell(per_run[id(r)][name])
-            if base is not None and r is not base:
-                text += " " + _delta(r, base, resamples, seed, value=name)
-            elif r is base:
-                text += " (baseline)"
-            cells.append(text)
-        lines.append(f"| {row_of[id(r)]} | " + " | ".join(cells) + " |")
-    return lines
+
+    def cell(r: Run, name: str) -> str:
+        text = _cell(per_run[id(r)][name])
+        if base is not None and r is not base:
+            return f"{text} {_delta(r, base, resamples, seed, value=name)}"
+        return text + " (baseline)" if r is base else text
+
+    return _sub_table(f"Every value of {group[0].metric} ({label}):", names, group, row_of, cell)
 
 
 def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None = None, value: str | None = None) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mllm_refine.components import HeadFilter
+from benchmarks.decode_cost import EagerRows
 from mllm_refine.engine import Decoder, Parts
 from mllm_refine.engine.capture import Capture
 from mllm_refine.engine.processor import RefineProcessor
@@ -30,16 +30,6 @@ class _Count(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
-
-
-class EagerRows(HeadFilter):
-    """Changes nothing; every block's current row goes through the probe's eager path."""
-
-    name = "eager_rows_budget"
-    noop_params: dict = {}
-
-    def active_layers(self) -> list[int]:
-        return list(range(1, self.info.num_layers + 1))
 
 
 @contextmanager
