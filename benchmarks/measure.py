@@ -119,6 +119,21 @@ class StepClock(StoppingCriteria):
 
 
 @contextmanager
+def wrapped(owner: Any, attr: str, around: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """While inside, ``owner.attr`` is ``around(original)``; then the original again (a class's
+    method is put back, an instance's own attribute is removed so the class's shows through)."""
+    original = getattr(owner, attr)
+    setattr(owner, attr, around(original))
+    try:
+        yield
+    finally:
+        if isinstance(owner, type):
+            setattr(owner, attr, original)
+        else:
+            delattr(owner, attr)
+
+
+@contextmanager
 def clocked_generate(model: torch.nn.Module, clock: StepClock, start: list[float]) -> Iterator[None]:
     """While active, ``model.generate`` records its start in ``start`` and stamps steps on ``clock``."""
     original = type(model).generate

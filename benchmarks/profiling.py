@@ -9,13 +9,13 @@ processor (``RefineProcessor.__call__``: selector, combiner, guard, penalties).
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from contextlib import ExitStack
+from typing import Any, Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.measure import StepClock, clocked_generate
+from benchmarks.measure import StepClock, clocked_generate, wrapped
 from mllm_refine.data.sample import Sample
 from mllm_refine.engine import Decoder
 from mllm_refine.engine.capture import Capture
@@ -31,23 +31,18 @@ FORWARD = "model forward"
 TOP_OPS = 8
 
 
-@contextmanager
-def _patched(owner: Any, attr: str, label: str) -> Iterator[None]:
-    original = getattr(owner, attr)
+def _labelled(label: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a method so each call is one ``record_function`` region named ``label``."""
 
-    @functools.wraps(original)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with record_function(label):
-            return original(*args, **kwargs)
+    def around(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with record_function(label):
+                return original(*args, **kwargs)
 
-    setattr(owner, attr, wrapper)
-    try:
-        yield
-    finally:
-        if isinstance(owner, type):
-            setattr(owner, attr, original)
-        else:
-            delattr(owner, attr)
+        return wrapper
+
+    return around
 
 
 class _StartProfiler(StepClock):
@@ -73,8 +68,8 @@ def profile_decode(decoder: Decoder, samples: list[Sample], recipe: str) -> dict
     clock = _StartProfiler(device, prof)
     with ExitStack() as stack:
         for owner, attr, label in REGIONS:
-            stack.enter_context(_patched(owner, attr, label))
-        stack.enter_context(_patched(decoder.model, "forward", FORWARD))
+            stack.enter_context(wrapped(owner, attr, _labelled(label)))
+        stack.enter_context(wrapped(decoder.model, "forward", _labelled(FORWARD)))
         stack.enter_context(clocked_generate(decoder.model, clock, []))
         with torch.no_grad():
             decoder.generate(samples)

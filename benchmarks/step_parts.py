@@ -12,12 +12,12 @@ compare them within one run only.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,51 +26,57 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decode_cost import ROOT, discover, make_decoder  # noqa: E402
+from benchmarks.measure import sync, wrapped  # noqa: E402
 from benchmarks.shapes import SHAPES, build_shape, make_samples  # noqa: E402
 from mllm_refine.engine import capture, processor  # noqa: E402
 
 Times = dict[str, list[float]]
 
 
-@contextmanager
-def timed(owner: Any, attr: str, key: str, times: Times) -> Iterator[None]:
-    """Append the wall time of every call of ``owner.attr`` to ``times[key]`` while inside."""
-    original = getattr(owner, attr)
+def timer(times: Times, key: str, device: torch.device) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a method so the wall time of each call is appended to ``times[key]``."""
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            times[key].append(time.perf_counter() - start)
+    def around(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)  # generate reads the forward's signature
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            sync(device)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sync(device)
+                times[key].append(time.perf_counter() - start)
 
-    setattr(owner, attr, wrapper)
-    try:
-        yield
-    finally:
-        setattr(owner, attr, original)
+        return wrapper
+
+    return around
 
 
 def measure(model: Any, run: Callable[[], Any], times: Times) -> dict[str, list[float]]:
-    """One answer through ``run`` with its forwards, capture calls and processor calls timed;
-    the first forward (the prefill) and the capture calls it made are dropped."""
+    """One answer through ``run`` with its forwards timed beside the capture and processor calls
+    already wrapped; the first forward (the prefill) and the capture calls it made are dropped."""
     times.clear()
-    start = [0.0]
-    pre = model.register_forward_pre_hook(lambda *_: start.__setitem__(0, time.perf_counter()))
-    post = model.register_forward_hook(lambda *_: times["forward"].append(time.perf_counter() - start[0]))
-    counts: list[int] = []
-    mark = model.register_forward_pre_hook(lambda *_: counts.append(len(times["capture"])))
-    try:
+    calls_before: list[int] = []  # capture calls made before each forward
+
+    def forward(original: Callable[..., Any]) -> Callable[..., Any]:
+        timed = timer(times, "forward", model.device)(original)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls_before.append(len(times["capture"]))
+            return timed(*args, **kwargs)
+
+        return wrapper
+
+    with wrapped(model, "forward", forward):
         run()
-    finally:
-        for hook in (pre, post, mark):
-            hook.remove()
-    prefill_calls = counts[1] if len(counts) > 1 else len(times["capture"])  # capture calls of forward 1
+    prefill_calls = calls_before[1] if len(calls_before) > 1 else len(times["capture"])
+    steps = max(1, len(times["forward"]) - 1)
     return {
         "forward": times["forward"][1:],
         "capture": times["capture"][prefill_calls:],
         "processor": list(times["processor"]),
-        "calls_per_step": [len(times["capture"][prefill_calls:]) / max(1, len(times["forward"]) - 1)],
+        "calls_per_step": [(len(times["capture"]) - prefill_calls) / steps],
     }
 
 
@@ -89,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     decoders = {n: make_decoder(model, proc, path, a.tokens, n) for n, path in discover(ROOT / "recipes", a.recipe)}
     times: Times = defaultdict(list)
     kept: dict[str, dict[str, list[float]]] = {n: defaultdict(list) for n in decoders}
-    with timed(capture.Capture, "on_attention", "capture", times), timed(processor.RefineProcessor, "__call__", "processor", times):
+    device = model.device
+    with wrapped(capture.Capture, "on_attention", timer(times, "capture", device)), wrapped(
+        processor.RefineProcessor, "__call__", timer(times, "processor", device)
+    ):
         for r in range(a.rounds):
             for name, decoder in decoders.items():
                 with torch.no_grad():

@@ -79,13 +79,6 @@ def _metric(name: str) -> Any:
     return m
 
 
-def _primary(metric: StatsMetric, sums: torch.Tensor, value: str | None = None) -> torch.Tensor:
-    """The metric's headline value (or ``value``) from summed stats ``(..., K)``."""
-    values = metric.reduce(sums)
-    name = value or metric.primary
-    return values[name] if name in values else next(iter(values.values()))
-
-
 def score(run: Run, ids: list[str] | None = None) -> float | None:
     recs = run.scored()
     ids = list(recs) if ids is None else ids
@@ -99,23 +92,39 @@ def score(run: Run, ids: list[str] | None = None) -> float | None:
     return float(value)
 
 
+def paired_bootstraps(
+    metric: StatsMetric, a: torch.Tensor, b: torch.Tensor, resamples: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """Per value of the metric: the delta ``metric(a) - metric(b)`` over paired per-sample stats
+    ``(N, K)`` and its 95% interval, every value from the same resamples."""
+    n = a.shape[0]
+    full_a, full_b = metric.reduce(a.sum(0)), metric.reduce(b.sum(0))
+    g = torch.Generator().manual_seed(seed)
+    chunk = max(1, min(resamples, 20_000_000 // max(n, 1)))
+    deltas: dict[str, list[torch.Tensor]] = {k: [] for k in full_a}
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        idx = torch.randint(n, (r, n), generator=g)
+        weights = torch.zeros(r, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(r, n, dtype=torch.float64))
+        ra, rb = metric.reduce(weights @ a), metric.reduce(weights @ b)  # {value: (r,)} each
+        for k in deltas:
+            deltas[k].append(ra[k] - rb[k])
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    out = {}
+    for k, d in deltas.items():
+        lo, hi = torch.quantile(torch.cat(d), q).tolist()
+        out[k] = (float(full_a[k] - full_b[k]), lo, hi)
+    return out
+
+
 def paired_bootstrap(
     metric: StatsMetric, a: torch.Tensor, b: torch.Tensor, resamples: int = 1000, seed: int = 0, value: str | None = None
 ) -> tuple[float, float, float]:
     """Delta ``metric(a) - metric(b)`` over paired per-sample stats ``(N, K)`` and its 95% interval
     (of the headline value, or of ``value`` among the metric's values)."""
-    n = a.shape[0]
-    delta = float(_primary(metric, a.sum(0), value) - _primary(metric, b.sum(0), value))
-    g = torch.Generator().manual_seed(seed)
-    chunk = max(1, min(resamples, 20_000_000 // max(n, 1)))
-    deltas = []
-    for start in range(0, resamples, chunk):
-        r = min(chunk, resamples - start)
-        idx = torch.randint(n, (r, n), generator=g)
-        weights = torch.zeros(r, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(r, n, dtype=torch.float64))
-        deltas.append(_primary(metric, weights @ a, value) - _primary(metric, weights @ b, value))
-    lo, hi = torch.quantile(torch.cat(deltas), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return delta, lo, hi
+    out = paired_bootstraps(metric, a, b, resamples, seed)
+    name = value or metric.primary
+    return out[name] if name in out else next(iter(out.values()))
 
 
 def _cell(value: float | None) -> str:
@@ -232,37 +241,58 @@ def values_table(
         return []
     per_run = {}
     for r in group:
-        recs = r.scored()
-        stats = metric.sample_stats([recs[i]["prediction"] or "" for i in recs], [recs[i]["answers"] for i in recs])
+        stats = _stats(r, metric, list(r.scored()))
         per_run[id(r)] = {k: float(v) for k, v in metric.reduce(stats.sum(0)).items()}
     names = list(next(iter(per_run.values())))
     if len(names) < 2:
         return []
+    deltas = {id(r): _value_deltas(r, base, metric, names, resamples, seed) for r in group if base is not None and r is not base}
 
     def cell(r: Run, name: str) -> str:
         text = _cell(per_run[id(r)][name])
-        if base is not None and r is not base:
-            return f"{text} {_delta(r, base, resamples, seed, value=name)}"
+        if id(r) in deltas:
+            return f"{text} {deltas[id(r)][name]}"
         return text + " (baseline)" if r is base else text
 
     return _sub_table(f"Every value of {group[0].metric} ({label}):", names, group, row_of, cell)
 
 
-def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None = None, value: str | None = None) -> str:
+def _paired(run: Run, base: Run, only: set[str] | None) -> list[str] | str:
+    """The ids both runs scored (within ``only``), or why there is no delta."""
     if run.metric != base.metric:
         return f"(metric {run.metric} vs baseline {base.metric}: no delta)"
     a, b = run.scored(), base.scored()
     ids = [i for i in b if i in a and (only is None or i in only)]
-    if not ids:
-        return "(no ids in common with the baseline)"
+    return ids or "(no ids in common with the baseline)"
+
+
+def _stats(run: Run, metric: StatsMetric, ids: list[str]) -> torch.Tensor:
+    recs = run.scored()
+    return metric.sample_stats([recs[i]["prediction"] or "" for i in ids], [recs[i]["answers"] for i in ids])
+
+
+def _ci(d: float, lo: float, hi: float, n: int) -> str:
+    return f"({_signed(d)}, 95% CI {_signed(lo)} … {_signed(hi)}, n={n})"
+
+
+def _delta(run: Run, base: Run, resamples: int, seed: int, only: set[str] | None = None) -> str:
+    ids = _paired(run, base, only)
+    if isinstance(ids, str):
+        return ids
     m = _metric(run.metric)
     if not isinstance(m, StatsMetric):
         d = (score(run, ids) or 0.0) - (score(base, ids) or 0.0)
         return f"({_signed(d)}, n={len(ids)}, no CI for this metric)"
-    sa = m.sample_stats([a[i]["prediction"] or "" for i in ids], [a[i]["answers"] for i in ids])
-    sb = m.sample_stats([b[i]["prediction"] or "" for i in ids], [b[i]["answers"] for i in ids])
-    d, lo, hi = paired_bootstrap(m, sa, sb, resamples, seed, value)
-    return f"({_signed(d)}, 95% CI {_signed(lo)} … {_signed(hi)}, n={len(ids)})"
+    return _ci(*paired_bootstrap(m, _stats(run, m, ids), _stats(base, m, ids), resamples, seed), len(ids))
+
+
+def _value_deltas(run: Run, base: Run, metric: StatsMetric, names: list[str], resamples: int, seed: int) -> dict[str, str]:
+    """``{value: delta text}`` for every value of ``metric``, from one bootstrap."""
+    ids = _paired(run, base, None)
+    if isinstance(ids, str):
+        return dict.fromkeys(names, ids)
+    out = paired_bootstraps(metric, _stats(run, metric, ids), _stats(base, metric, ids), resamples, seed)
+    return {k: _ci(*out[k], len(ids)) for k in names}
 
 
 def compare(

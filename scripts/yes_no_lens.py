@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from mllm_refine.compare import load_run
 from mllm_refine.components import Needs, StepView
 from mllm_refine.functional import plausible
+from mllm_refine.metrics.pope import yes_no
 from mllm_refine.models import load_model
 from mllm_refine.recipes import load_recipe
 from mllm_refine.recipes.binding import decoder_for
@@ -97,17 +99,14 @@ def against_run(m: dict[str, torch.Tensor], ids: list[str], run: Path) -> dict[s
     """The margins at the layer ``run`` chose for each question, beside that run's answers."""
     combiner = load_recipe(str(run / "recipe.yaml")).parts.logit_combiner
     lens = m["lens" if getattr(combiner, "final_norm", True) else "lens_raw"]  # (N, L+1)
-    records = {}
-    for line in (run / "predictions.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        records[r["id"]] = r
+    records = load_run(run).records
     rows = [i for i, q in enumerate(ids) if q in records and (records[q].get("choices") or {}).get("layer")]
     if not rows:
         raise ValueError(f"{run}: no answered question of this data names a chosen layer")
     index = torch.tensor(rows)
     layer = torch.tensor([records[ids[i]]["choices"]["layer"][0] for i in rows])  # (n,)
     contrast = m["final"][index] - lens[index, layer]  # (n,) m_N - m_l at the chosen layer
-    said_yes = torch.tensor([records[ids[i]]["prediction"].strip().lower().startswith("yes") for i in rows])
+    said_yes = torch.tensor([yes_no(records[ids[i]]["prediction"] or "") == "yes" for i in rows])  # as POPE reads it
     predicted = contrast > 0
     return {
         "run": run.name,
