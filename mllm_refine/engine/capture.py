@@ -44,15 +44,23 @@ def refine_attention(
     return out, weights
 
 
-def row_scores(query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
+def row_scores(
+    query: torch.Tensor, key: torch.Tensor, scaling: float | None, room: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(B, H, K)`` float32 (or wider) pre-softmax scores of the last query row of ``query``
     (B, H, Q, Dh) against ``key`` (B, Hkv, K, Dh); grouped heads share a key head without a copy.
     The product runs in the model's dtype, as eager attention's does: upcasting ``key`` first
-    would copy the whole cache at every probed block of every step."""
+    would copy the whole cache at every probed block of every step. ``room`` (B, Hkv, C, Dh),
+    C >= K: the buffer ``key`` is the first K positions of (``Capture.rooms``); the product runs
+    over all of it and keeps the first K scores."""
     B, H, Q, Dh = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else Dh**-0.5
     q = (query[:, :, -1:, :] if Q > 1 else query).reshape(B * Hkv, H // Hkv, Dh)  # (B Hkv, rep, Dh): h = g * rep + r
+    if room is not None:
+        C = room.shape[2]
+        scores = torch.bmm(q, room.view(B * Hkv, C, Dh).transpose(1, 2))[..., :K]  # (B Hkv, rep, K) of (.., C)
+        return scores.to(torch.float32, memory_format=torch.contiguous_format).mul_(scale).view(B, H, K)
     # bmm over 3-D views: the cache's keys merge (B, Hkv) without a copy, and matmul's 4-D path
     # would add an expand and a view per operand; einsum copies K into a permuted layout.
     scores = torch.bmm(q, key.reshape(B * Hkv, K, Dh).transpose(1, 2))  # (B Hkv, rep, K), a fresh tensor
@@ -75,16 +83,26 @@ def prompt_row(
     return torch.softmax(scores.masked_fill(~allowed[:, None, :], float("-inf")), dim=-1)
 
 
-def row_output(probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+def row_output(
+    probs: torch.Tensor, value: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype, room: torch.Tensor | None = None
+) -> torch.Tensor:
     """The block's attention output ``(B, Q, H, Dh)`` with its last row made from ``probs``
     (B, H, K) and ``value`` (B, Hkv, K, Dh); ``out`` None: the output is that row alone (Q = 1).
-    ``probs`` meet ``value`` in the model's dtype, as in eager and flash attention."""
+    ``probs`` meet ``value`` in the model's dtype, as in eager and flash attention. ``room``
+    (B, Hkv, C, Dh): the zero-tailed buffer behind ``value``; the weights are padded with zeros
+    to its C positions."""
     B, H, K = probs.shape
     Hkv, Dh = value.shape[1], value.shape[3]
-    p = probs.reshape(B * Hkv, H // Hkv, K)  # (B Hkv, rep, K)
-    if p.dtype != value.dtype:
-        p = p.to(value.dtype)
-    row = torch.bmm(p, value.reshape(B * Hkv, K, Dh)).view(B, 1, H, Dh)  # (B, 1, H, Dh)
+    if room is not None:
+        C = room.shape[2]
+        p = probs.new_zeros(B * Hkv, H // Hkv, C, dtype=room.dtype)  # (B Hkv, rep, C): no weight past K
+        p[..., :K] = probs.reshape(B * Hkv, H // Hkv, K)
+        row = torch.bmm(p, room.view(B * Hkv, C, Dh)).view(B, 1, H, Dh)  # (B, 1, H, Dh)
+    else:
+        p = probs.reshape(B * Hkv, H // Hkv, K)  # (B Hkv, rep, K)
+        if p.dtype != value.dtype:
+            p = p.to(value.dtype)
+        row = torch.bmm(p, value.reshape(B * Hkv, K, Dh)).view(B, 1, H, Dh)  # (B, 1, H, Dh)
     if row.dtype != dtype:
         row = row.to(dtype)
     if out is None:
@@ -161,6 +179,7 @@ class Capture:
         self.branch_logits: dict[str, torch.Tensor] = {}  # name -> (B, V) at the current step
         self._masks: tuple | None = None  # (attention_mask, (step, B, H, K), this pass's AttentionRow)
         self._gather: torch.Tensor | None = None  # (B, H, I) image positions, per pass
+        self.cache: Any = None  # the pass's ``GrowingCache`` while ``installed`` with one
 
     @contextmanager
     def pause(self) -> Iterator["Capture"]:
@@ -206,6 +225,18 @@ class Capture:
             or layer in needs.scores
             or (self.step == 0 and (layer in needs.prefill_rows or layer in self._question_backs))
         )
+
+    def rooms(self, module: Any, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """The zero-tailed cache buffers behind ``key`` / ``value`` (``GrowingLayer.with_room``)
+        for a bfloat16 model on a CPU, else ``(None, None)``. There a batched product over the
+        cache's views (one head's keys start ``C x Dh``, not ``K x Dh``, after the last) takes a
+        slow kernel, and the products over the whole buffers a fast one: 4.7x faster at batch 16,
+        2.1x at batch 1 (32 heads of 128 over 600 keys, ``benchmarks/row_layout.py``). Float32 and
+        float16 products take the views as fast as the buffers, so there the buffers' extra
+        positions would only add work (0.75x to 0.85x); so would they on a GPU."""
+        if self.cache is None or key.dtype != torch.bfloat16 or key.device.type != "cpu":
+            return None, None
+        return self.cache.with_room(module.layer_idx, key, value) or (None, None)
 
     def owns_row(self, module: Any) -> bool:
         """True when ``on_attention`` will compute this block's current row itself."""
@@ -259,7 +290,8 @@ class Capture:
         row = self._pass_row(attention_mask, B, H, key.shape[2], query.device)
         row.layer = layer
         key_valid, padded = row.key_valid, row.padded  # (B, K)
-        scores = row_scores(query, key, scaling)  # (B, H, K)
+        key_room, value_room = self.rooms(module, key, value)  # (B, Hkv, C, Dh) each, or None
+        scores = row_scores(query, key, scaling, key_room)  # (B, H, K)
         if self.step == 0 and layer in self._question_backs:
             assert self.question_last is not None  # begin() sets it under Needs.question_rows
             for back in self._question_backs[layer]:
@@ -281,7 +313,7 @@ class Capture:
         if layer in self.needs.prefill_rows and self.step == 0:
             self.prefill_rows[layer] = probs  # (B, H, T)
         if filters or out is None:
-            out = row_output(probs, value, out, query.dtype)
+            out = row_output(probs, value, out, query.dtype, value_room)
         return out
 
     def _hidden_hook(self, layer: int):
@@ -295,8 +327,11 @@ class Capture:
         return hook
 
     @contextmanager
-    def installed(self) -> Iterator["Capture"]:
+    def installed(self, cache: Any = None) -> Iterator["Capture"]:
+        """Attach to the probed blocks (and ``cache``, the ``GrowingCache`` the pass decodes
+        with, if any) until the block ends."""
         adapter = self.adapter
+        self.cache = cache
         needs = self.needs
         layers = sorted(set(self.filters) | needs.attention | needs.prefill_rows | needs.scores | set(self._question_backs))
         handles = []
@@ -320,6 +355,7 @@ class Capture:
         finally:
             for handle in handles:
                 handle.remove()
+            self.cache = None
             for layer in layers:
                 module = adapter.attention_module(layer)
                 if hasattr(module, _CAPTURE_ATTR):

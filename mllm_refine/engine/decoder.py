@@ -180,7 +180,7 @@ class Decoder:
             stopping.append(StopOnStrings(self.tokenizer, self.config.stop, prompt_length))
         # A cache that grows in place: no step copies it (engine.kv_cache).
         cache = growing_cache(self.adapter.text_config, prompt_length, self.config.max_new_tokens)
-        with capture.installed():
+        with capture.installed(cache):
             out = self.model.generate(
                 **inputs,
                 **({cache_kwarg(): cache} if cache is not None else {}),

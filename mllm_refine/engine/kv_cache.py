@@ -30,6 +30,7 @@ class GrowingLayer(DynamicLayer):
         self.limit = limit  # the most positions the request can reach: no buffer grows past it
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, H, C, Dh) each
         self._handed: torch.Tensor | None = None  # the keys view the last ``update`` returned
+        self._zeroed = False  # the buffers' unwritten positions hold zeros (``with_room``)
 
     def _make_room(self, key_states: torch.Tensor, value_states: torch.Tensor) -> int:
         """Buffers that hold the current keys and values and have room for this pass's
@@ -48,6 +49,7 @@ class GrowingLayer(DynamicLayer):
             k[:, :, :n].copy_(keys)
             v[:, :, :n].copy_(self.values)
         self._buffers = (k, v)
+        self._zeroed = False
         return n
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +65,21 @@ class GrowingLayer(DynamicLayer):
         self._handed = self.keys
         return self.keys, self.values
 
+    def with_room(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole buffers ``(B, H, C, Dh)`` behind ``keys`` / ``values`` when they are the views
+        the last ``update`` handed out (their first ``K`` positions), zeros after them; else None.
+        The zeros are written at the first call for a buffer (positions are written in order, so
+        later ones stay zero until a step writes them): a product over the whole buffer then meets
+        finite values there, and a cache no one asks keeps its unwritten pages untouched."""
+        if self._buffers is None or keys is not self._handed or values is not self.values:
+            return None
+        if not self._zeroed:
+            n = keys.shape[-2]
+            for buffer in self._buffers:
+                buffer[:, :, n:].zero_()
+            self._zeroed = True
+        return self._buffers
+
     def reset(self) -> None:
         self._buffers = self._handed = None
         super().reset()
@@ -73,6 +90,11 @@ class GrowingCache(DynamicCache):
 
     def __init__(self, num_layers: int, capacity: int, limit: int | None = None) -> None:
         Cache.__init__(self, layers=[GrowingLayer(capacity, limit) for _ in range(num_layers)])
+
+    def with_room(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``GrowingLayer.with_room`` of block ``layer_idx`` (0-based)."""
+        layer = self.layers[layer_idx]
+        return layer.with_room(keys, values) if isinstance(layer, GrowingLayer) else None
 
 
 FIRST_ROOM = 128  # new positions the first buffer holds beyond the prompt

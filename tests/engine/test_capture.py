@@ -126,3 +126,62 @@ def test_probed_decode_steps_give_sdpa_logits(llava, samples):
     assert len(probed.seen) == len(plain.seen) >= 2
     for a, b in zip(probed.seen, plain.seen):
         torch.testing.assert_close(a["logits"], b["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_rows_over_the_whole_buffer_equal_rows_over_its_views():
+    """``room``: the products run over a zero-tailed buffer and keep the first K positions; on
+    small bfloat16 tensors they equal a hand computation in float32 of the same values."""
+    from mllm_refine.engine.capture import row_output, row_scores
+
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, K, C, Dh = 2, 4, 2, 5, 8, 3  # grouped heads: 2 query heads per key head
+    k_buf = torch.zeros(B, Hkv, C, Dh, dtype=torch.bfloat16)
+    v_buf = torch.zeros_like(k_buf)
+    k_buf[:, :, :K] = torch.randn(B, Hkv, K, Dh, generator=g).bfloat16()
+    v_buf[:, :, :K] = torch.randn(B, Hkv, K, Dh, generator=g).bfloat16()
+    key, value = k_buf[:, :, :K], v_buf[:, :, :K]
+    query = torch.randn(B, H, 1, Dh, generator=g).bfloat16()
+    scores = row_scores(query, key, 0.5, k_buf)  # (B, H, K)
+    kf = key.float().repeat_interleave(H // Hkv, dim=1)  # (B, H, K, Dh)
+    hand = 0.5 * (query.float() * kf).sum(-1)  # (B, H, K)
+    torch.testing.assert_close(scores, hand, atol=2e-2, rtol=2e-2)  # the product rounds to bfloat16
+    assert scores.shape == (B, H, K) and scores.dtype == torch.float32 and scores.is_contiguous()
+    assert torch.equal(scores, row_scores(query, key, 0.5))
+    probs = torch.softmax(scores, -1)
+    row = row_output(probs, value, None, torch.bfloat16, v_buf)  # (B, 1, H, Dh)
+    vf = value.float().repeat_interleave(H // Hkv, dim=1)  # (B, H, K, Dh)
+    hand_row = (probs.bfloat16().float()[..., None] * vf).sum(-2)  # (B, H, Dh)
+    torch.testing.assert_close(row[:, 0].float(), hand_row, atol=2e-2, rtol=2e-2)
+    assert torch.equal(row, row_output(probs, value, None, torch.bfloat16))
+
+
+def test_bfloat16_decoding_reads_the_cache_buffers_and_keeps_its_tokens(samples, monkeypatch):
+    """A bfloat16 model on a CPU takes its probed rows over the growing cache's buffers: the same
+    tokens and probed rows as over the views, on a padded batch."""
+    from mllm_refine.engine.capture import Capture
+
+    model, processor = tiny_llava(dtype=torch.bfloat16)
+    blocks = model.config.text_config.num_hidden_layers
+    rooms = Capture.rooms
+    used: list[bool] = []
+
+    def counted(self, module, key, value):
+        got = rooms(self, module, key, value)
+        used.append(got[0] is not None)
+        return got
+
+    def run():
+        rec = Recorder(set(range(1, blocks + 1)), set())
+        decoder = Decoder(model, processor, Parts(layer_selector=rec, logit_combiner=Passthrough()), DecodeConfig(max_new_tokens=4))
+        return rec, decoder.generate(samples)
+
+    monkeypatch.setattr(Capture, "rooms", counted)
+    with_rooms, preds = run()
+    assert used and all(used)  # every probed call, prefill and decode, found its block's buffers
+    monkeypatch.setattr(Capture, "rooms", lambda self, module, key, value: (None, None))
+    plain, plain_preds = run()
+    assert [p.text for p in preds] == [p.text for p in plain_preds]
+    assert len(with_rooms.seen) == len(plain.seen) >= 2
+    for a, b in zip(with_rooms.seen, plain.seen):
+        for layer in a["attention"]:
+            assert torch.equal(a["attention"][layer], b["attention"][layer])

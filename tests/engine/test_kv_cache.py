@@ -61,3 +61,26 @@ def test_growing_cache_per_block_and_none_with_sliding_windows():
     assert short is not None and short.layers[0].capacity == 48
     sliding = SimpleNamespace(num_hidden_layers=2, layer_types=["full_attention", "sliding_attention"])
     assert growing_cache(sliding, 40, 8) is None
+
+
+def test_with_room_gives_the_zero_tailed_buffers_of_the_handed_views_only():
+    layer = GrowingLayer(capacity=9, limit=20)
+    steps = _updates()
+    for k, v in steps[:2]:  # 5 + 1 positions written: one buffer of 9, 4 positions unwritten
+        keys, values = layer.update(k, v)
+    assert layer.with_room(keys.clone(), values) is None  # not the handed view
+    rooms = layer.with_room(keys, values)
+    assert rooms is not None
+    k_buf, v_buf = rooms
+    assert k_buf.shape == (2, 3, 9, 4) and v_buf.shape == (2, 3, 9, 5)
+    assert torch.equal(k_buf[:, :, :6], keys) and torch.equal(v_buf[:, :, :6], values)
+    assert not k_buf[:, :, 6:].any() and not v_buf[:, :, 6:].any()
+    keys, values = layer.update(*steps[2])  # written in place: the buffer holds it, the rest stays zero
+    again = layer.with_room(keys, values)
+    assert again is not None and again[0] is k_buf and torch.equal(k_buf[:, :, :7], keys) and not k_buf[:, :, 7:].any()
+    layer.crop(-2)  # a replaced view is not the buffer's any more
+    assert layer.with_room(layer.keys, layer.values) is None
+    cache = GrowingCache(num_layers=2, capacity=8)
+    k, v = steps[0]
+    ck, cv = cache.update(k, v, 1)
+    assert cache.with_room(1, ck, cv) is not None and cache.with_room(0, ck, cv) is None
