@@ -230,10 +230,10 @@ class Capture:
         """The zero-tailed cache buffers behind ``key`` / ``value`` (``GrowingLayer.with_room``)
         for a bfloat16 model on a CPU, else ``(None, None)``. There a batched product over the
         cache's views (one head's keys start ``C x Dh``, not ``K x Dh``, after the last) takes a
-        slow kernel, and the products over the whole buffers a fast one: 4.7x faster at batch 16,
-        2.1x at batch 1 (32 heads of 128 over 600 keys, ``benchmarks/row_layout.py``). Float32 and
-        float16 products take the views as fast as the buffers, so there the buffers' extra
-        positions would only add work (0.75x to 0.85x); so would they on a GPU."""
+        slow kernel, and the products over the whole buffers a fast one: 4.8x to 5.5x faster at
+        batch 16 and 2.1x at batch 1 (32 heads of 128 over 600 keys, ``benchmarks/row_layout.py``).
+        Float32 and float16 products run over the views at full speed, so the buffers' extra
+        positions would only add work (0.68x to 0.85x); a GPU keeps the views too."""
         if self.cache is None or key.dtype != torch.bfloat16 or key.device.type != "cpu":
             return None, None
         return self.cache.with_room(module.layer_idx, key, value) or (None, None)
