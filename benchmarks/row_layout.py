@@ -22,9 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.shapes import DTYPES  # noqa: E402
 from mllm_refine.engine.capture import row_output, row_scores  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def case(batch: int, heads: int, keys: int, dim: int, room: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:

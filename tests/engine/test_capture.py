@@ -7,6 +7,7 @@ import torch
 
 from mllm_refine.components import LayerSelector, LogitCombiner, Needs
 from mllm_refine.engine import DecodeConfig, Decoder, Parts
+from mllm_refine.engine.capture import Capture, row_output, row_scores
 from mllm_refine.testing.tiny_models import tiny_llava
 
 
@@ -131,8 +132,6 @@ def test_probed_decode_steps_give_sdpa_logits(llava, samples):
 def test_rows_over_the_whole_buffer_equal_rows_over_its_views():
     """``room``: the products run over a zero-tailed buffer and keep the first K positions; on
     small bfloat16 tensors they equal a hand computation in float32 of the same values."""
-    from mllm_refine.engine.capture import row_output, row_scores
-
     g = torch.Generator().manual_seed(0)
     B, H, Hkv, K, C, Dh = 2, 4, 2, 5, 8, 3  # grouped heads: 2 query heads per key head
     k_buf = torch.zeros(B, Hkv, C, Dh, dtype=torch.bfloat16)
@@ -158,8 +157,6 @@ def test_rows_over_the_whole_buffer_equal_rows_over_its_views():
 def test_bfloat16_decoding_reads_the_cache_buffers_and_keeps_its_tokens(samples, monkeypatch):
     """A bfloat16 model on a CPU takes its probed rows over the growing cache's buffers: the same
     tokens and probed rows as over the views, on a padded batch."""
-    from mllm_refine.engine.capture import Capture
-
     model, processor = tiny_llava(dtype=torch.bfloat16)
     blocks = model.config.text_config.num_hidden_layers
     rooms = Capture.rooms
