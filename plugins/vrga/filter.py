@@ -176,16 +176,17 @@ class VRGAFilter(HeadFilter):
             boost = F.pad(row.state[key], (0, K - row.state[key].shape[1])).to(probs.dtype)  # (B, K): new tokens are no image
             image = row.image_keys.to(probs.dtype)  # (B, K)
             share = row.key_valid.sum(1, keepdim=True).to(probs.dtype) / image.sum(1, keepdim=True).clamp_min(1)  # (B, 1) n_valid / n_image
-            cols = torch.stack([image, self.gamma * boost], -1)  # (B, K, 2): image keys; gamma on the boosted ones
+            weights = (self.gamma * boost)[:, None, :]  # (B, 1, K): gamma on the boosted keys
             one = torch.ones((), dtype=probs.dtype, device=probs.device)
-            cached = row.state[key + ":step"] = (K, cols, share, cols[:, None, :, 1], one)  # ..., (B, 1, K), ()
-        _, cols, share, weights, one = cached
-        engaged, boosted = engaged_heads(probs, cols, share, self.engaged_r, self.engaged_h, self.engaged_entropy)  # (B, H), (B, H, 1)
+            cached = row.state[key + ":step"] = (K, image[:, None, :], share, weights, one)
+        _, image, share, weights, one = cached
+        engaged = engaged_heads(probs, image, share, self.engaged_r, self.engaged_h, self.engaged_entropy)  # (B, H)
         # a * (1 + gamma) on the boosted keys of engaged heads, renormalised: the row's new total
-        # is 1 + gamma * (its mass on boosted keys), known from the same product as R.
+        # is 1 + gamma * (its mass on boosted keys).
+        extra = probs * weights  # (B, H, K): gamma * a on the boosted keys
         e = engaged.unsqueeze(-1).to(probs.dtype)  # (B, H, 1)
-        p = torch.addcmul(probs, probs, e * weights)  # (B, H, K)
-        return p / torch.addcmul(one, e, boosted)  # (B, H, K) / (B, H, 1)
+        p = torch.addcmul(probs, e, extra)  # (B, H, K)
+        return p.div_(torch.addcmul(one, e, extra.sum(-1, keepdim=True)))  # (B, H, K) / (B, H, 1)
 
     def report(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Per sample: the visual heads ``[block, head]``, the focus tokens (indices among the

@@ -13,7 +13,7 @@ from mllm_refine.engine.parts import ConflictError
 from mllm_refine.functional import contrastive_map, head_mean_map
 from mllm_refine.recipes import load_recipe
 from mllm_refine.testing.choices import same_choices
-from mllm_refine_plugins.contrastive_attention import ContrastiveAttentionMask
+from mllm_refine_plugins.contrastive_attention import ContrastiveAttentionMask, lowest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -194,3 +194,12 @@ def test_report_lays_i_a_on_the_image_grid():
     torch.testing.assert_close(torch.tensor(report["map"][0], dtype=f64), torch.tensor([[-0.15, 0.05], [0.05, 0.05]], dtype=f64))
     torch.testing.assert_close(torch.tensor(report["map"][1], dtype=f64), torch.tensor([[0.15, 0.15, 0.15, -0.45]], dtype=f64))
     assert report["i_star"] == [2, 2] and f.report(row.state) == report and f.report({}) == {}
+
+
+def test_lowest_by_hand_ties_go_to_the_first_slot_and_padding_ranks_last():
+    values = torch.tensor([[0.3, 0.1, 0.1, 0.5, -9.0], [0.1, 0.1, 0.1, 0.2, 0.0]])  # (B=2, I=5)
+    slots = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    # Sample 0: 4 real slots -> 2 lowest, 0.1 and 0.1 (the padding slot's -9 never counts).
+    # Sample 1: 5 slots -> round(2.5) = 2 (half to even): 0.0 at slot 4, then the first 0.1.
+    assert lowest(values, slots, 0.5).tolist() == [[False, True, True, False, False], [True, False, False, False, True]]
+    assert lowest(values, slots, 0.0).sum() == 0 and lowest(values, slots, 1.0).tolist() == slots.tolist()

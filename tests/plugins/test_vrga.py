@@ -263,20 +263,28 @@ def test_engaged_entropy_raw_and_renormalised_by_hand():
     # Image probabilities [0.5, 0.3] (mass 0.8): raw H = -(0.5 ln 0.5 + 0.3 ln 0.3) = 0.7078;
     # renormalised H = ln 0.8 + 0.7078 / 0.8 = 0.6616. R = 0.8 * share = 0.68 lies between.
     probs = torch.tensor([[[0.5, 0.3, 0.2]]])  # (B=1, H=1, K=3)
-    image_col = torch.tensor([[[1.0], [1.0], [0.0]]])
+    image = torch.tensor([[[1.0, 1.0, 0.0]]])  # (B, 1, K)
     share = torch.tensor([[0.85]])
-    raw, _ = engaged_heads(probs, image_col, share, engaged_r=0.0, engaged_h=1.0, entropy="raw")
-    renorm, _ = engaged_heads(probs, image_col, share, engaged_r=0.0, engaged_h=1.0, entropy="renorm")
+    raw = engaged_heads(probs, image, share, engaged_r=0.0, engaged_h=1.0, entropy="raw")
+    renorm = engaged_heads(probs, image, share, engaged_r=0.0, engaged_h=1.0, entropy="renorm")
     assert raw.tolist() == [[False]] and renorm.tolist() == [[True]]
+    # Either bound moves the decision: raw H 0.7078 is passed by R 0.68 once engaged_h < 0.96,
+    # and engaged_r above R blocks the head whatever its entropy.
+    assert engaged_heads(probs, image, share, engaged_r=0.0, engaged_h=0.95, entropy="raw").tolist() == [[True]]
+    assert engaged_heads(probs, image, share, engaged_r=0.69, engaged_h=0.0, entropy="raw").tolist() == [[False]]
 
 
-def test_engaged_heads_extra_columns_are_the_rows_products():
-    # A boost column of gamma 0.5 on keys 1 and 2: 0.5 * (0.3 + 0.2) = 0.25.
-    probs = torch.tensor([[[0.5, 0.3, 0.2]]])  # (B=1, H=1, K=3)
-    cols = torch.tensor([[[1.0, 0.0], [1.0, 0.5], [0.0, 0.5]]])  # (B, K, 2): image, boost weights
-    engaged, extra = engaged_heads(probs, cols, torch.tensor([[0.85]]), engaged_r=0.0, engaged_h=1.0, entropy="renorm")
-    assert engaged.tolist() == [[True]]
-    torch.testing.assert_close(extra, torch.tensor([[[0.25]]]))
+def test_engaged_heads_entropy_matches_entr_with_zero_image_probabilities():
+    # A zero probability on an image key adds nothing (0 log 0 = 0), as in torch.special.entr.
+    probs = torch.tensor([[[0.0, 0.6, 0.3, 0.1], [0.25, 0.25, 0.25, 0.25]]])  # (B=1, H=2, K=4)
+    image = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])
+    h = torch.special.entr(probs[..., :3]).sum(-1)  # (1, 2): raw entropies
+    share = torch.tensor([[1.0]])
+    for head in range(2):
+        r = probs[0, head, :3].sum().item()  # R = mass at share 1
+        tie = r / h[0, head].item()  # the engaged_h at which engaged_h * H equals R
+        assert not engaged_heads(probs, image, share, 0.0, tie * (1 + 1e-4), "raw")[0, head]
+        assert engaged_heads(probs, image, share, 0.0, tie * (1 - 1e-4), "raw")[0, head]
 
 
 def test_select_heads_and_background_pool_by_hand():
@@ -487,7 +495,7 @@ def test_engaged_heads_agree_with_row_stats_on_padded_rows():
     ratio, entropy = row_stats(probs, image, valid)
     expected = (ratio > 0.6) & (ratio > 0.2 * entropy)
     share = valid.sum(1, keepdim=True).float() / image.sum(1, keepdim=True).float()
-    got, _ = engaged_heads(probs, image.float()[:, :, None], share, 0.6, 0.2, entropy="renorm")
+    got = engaged_heads(probs, image.float()[:, None, :], share, 0.6, 0.2, entropy="renorm")
     assert got.tolist() == expected.tolist()
     assert got[:, 0].all() and not got[:, 1].any()
 
