@@ -4,9 +4,11 @@ For each question with a target box, one prefill over the question and ViCrop's 
 keeps the last prompt row of every block; per block it scores three maps against the box:
 ``A(q)`` (head-mean attention of the question), ``A(q) / A(q')`` (ViCrop's rel-att) and
 ``A(q) - A(q')``. It answers which block's attention localises on a model, and whether the
-rel-att ratio keeps that.
+rel-att ratio keeps that. ``--landing BLOCK`` (repeatable) also counts, at those blocks, where
+each map's top cell lands: on the target, on another object of the scene, or elsewhere.
 
     python scripts/attention_layer_study.py recipes/scenes_qwen/vanilla.yaml data.split=train --limit 400 --threads 2
+    python scripts/attention_layer_study.py recipes/scenes_qwen/vanilla.yaml --landing 1 --landing 14
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from mllm_refine.components import Sample
 from mllm_refine.engine.decoder import Decoder
-from mllm_refine.metrics.localisation import localise, ordered_buckets
+from mllm_refine.metrics.localisation import localise, ordered_buckets, top_cell_lands
 from mllm_refine.models import load_model
 from mllm_refine.recipes import load_recipe
 from mllm_refine.run import build_dataset
@@ -29,6 +31,7 @@ from mllm_refine_plugins.vicrop.maps import token_maps
 from mllm_refine_plugins.vicrop.refiner import GENERIC
 
 MAPS = ("att", "rel_att", "diff")
+LANDINGS = ("target", "other object", "elsewhere")
 
 
 def targets(dataset, limit: int | None) -> list[Sample]:
@@ -43,8 +46,17 @@ def targets(dataset, limit: int | None) -> list[Sample]:
     return out
 
 
-def study(recipe: str, overrides: list[str], limit: int | None, batch: int, generic: str) -> dict[str, dict[str, list[float]]]:
-    """``{map: {bucket: [pointing game % per block 1..L]}}`` plus the chance per bucket."""
+def others(sample: Sample) -> list[list[float]]:
+    """The boxes of the sample's scene objects other than its target (none without ``objects``)."""
+    target = list(sample.meta["target_box"])
+    return [list(o["box"]) for o in sample.meta.get("objects", []) if list(o["box"]) != target]
+
+
+def study(
+    recipe: str, overrides: list[str], limit: int | None, batch: int, generic: str, landing: tuple[int, ...] = ()
+) -> dict[str, dict[str, list[float]]]:
+    """``{map: {bucket: [pointing game % per block 1..L]}}`` plus the chance per bucket; with
+    ``landing`` blocks, ``{"landing <block> <map>": {bucket: [% per LANDINGS]}}`` too."""
     r = load_recipe(recipe, overrides)
     model, processor = load_model(**r.model)
     decoder = Decoder(model, processor)
@@ -54,6 +66,7 @@ def study(recipe: str, overrides: list[str], limit: int | None, batch: int, gene
     hits: dict[str, dict[str, torch.Tensor]] = {m: defaultdict(lambda: torch.zeros(L)) for m in MAPS}
     chance: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
+    lands: dict[str, dict[str, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: torch.zeros(len(LANDINGS))))
     for start in range(0, len(samples), batch):
         chunk = samples[start : start + batch]
         B = len(chunk)
@@ -70,6 +83,10 @@ def study(recipe: str, overrides: list[str], limit: int | None, batch: int, gene
                 for b, m in enumerate(token_maps(p, v)):
                     s = chunk[b]
                     score = localise(m.tolist(), s.meta["target_box"], s.meta["image_size"], where=str(s.id))
+                    if layer in landing:
+                        cat = top_cell_lands(m.tolist(), s.meta["target_box"], others(s), s.meta["image_size"], str(s.id))
+                        for bucket in ("all", s.meta["size_bucket"]):
+                            lands[f"landing {layer} {name}"][bucket][LANDINGS.index(cat)] += 1
                     for bucket in ("all", s.meta["size_bucket"]):
                         hits[name][bucket][j] += score["pointing_game"]
                         if name == "att" and j == 0:
@@ -81,6 +98,8 @@ def study(recipe: str, overrides: list[str], limit: int | None, batch: int, gene
         name: {b: (100 * hits[name][b] / count[b]).tolist() for b in buckets} for name in MAPS
     }
     out["chance"] = {b: [100 * chance[b] / count[b]] for b in buckets}
+    for key, per_bucket in lands.items():
+        out[key] = {b: (100 * per_bucket[b] / count[b]).tolist() for b in buckets}
     out["n"] = {b: [float(count[b])] for b in buckets}
     return out
 
@@ -97,6 +116,17 @@ def table(result: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(rows)
 
 
+def landing_table(result: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: per landing block and map, the share of top cells on the target, on another
+    object and elsewhere, on all targets and per bucket."""
+    buckets = list(result["chance"])
+    rows = ["| block, map | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+    for key in (k for k in result if k.startswith("landing ")):
+        cells = [" / ".join(f"{v:.1f}" for v in result[key][b]) for b in buckets]
+        rows.append(f"| {key.removeprefix('landing ')} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n\n(each cell: % target / other object / elsewhere)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("recipe")
@@ -106,12 +136,16 @@ def main() -> None:
     ap.add_argument("--generic", default=GENERIC)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default=None, help="write the result as JSON here")
+    ap.add_argument("--landing", type=int, action="append", default=[], help="block whose top cells are placed (repeatable)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    result = study(a.recipe, a.overrides, a.limit, a.batch, a.generic)
+    result = study(a.recipe, a.overrides, a.limit, a.batch, a.generic, tuple(a.landing))
     if a.output:
         Path(a.output).write_text(json.dumps(result, indent=1))
     print(table(result))
+    if a.landing:
+        print()
+        print(landing_table(result))
 
 
 if __name__ == "__main__":

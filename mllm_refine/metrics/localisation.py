@@ -91,6 +91,21 @@ def localise(m: Any, box: Box, image_size: Sequence[int], where: str = "map") ->
     }
 
 
+def top_cell_lands(m: Any, box: Box, others: Sequence[Box], image_size: Sequence[int], where: str = "map") -> str:
+    """Where the map's largest cell (the pointing game's cell) lands: ``"target"`` when it
+    overlaps ``box``, else ``"other object"`` when it overlaps one of the ``others`` boxes (the
+    scene's other objects), else ``"elsewhere"``. Tells a map that finds objects but not the one
+    asked about from a map that finds nothing."""
+    t, size = check_map(m, box, image_size, where)
+    shape = (t.shape[0], t.shape[1])
+    top = int(torch.argmax(t.flatten()))  # first maximum in raster order, as pointing_game
+    if cell_overlap(shape, box, size).flatten()[top] > 0:
+        return "target"
+    if any(cell_overlap(shape, o, size).flatten()[top] > 0 for o in others):
+        return "other object"
+    return "elsewhere"
+
+
 class MapMetric(StatsMetric):
     """A metric of maps against boxes: ``update(maps, boxes, image_sizes)``."""
 

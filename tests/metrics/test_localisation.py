@@ -12,6 +12,7 @@ from mllm_refine.metrics.localisation import (
     localisation_scores,
     localise,
     record_maps,
+    top_cell_lands,
 )
 from mllm_refine.plugin_manager import get_registry
 
@@ -105,3 +106,15 @@ def test_run_records_are_scored_per_map_source_and_size():
     assert entry["n"] == 2 and entry["pointing_game"] == 0.5 and entry["invalid"] == 1
     assert list(entry["by_size"]) == ["small", "large"] and entry["by_size"]["large"]["mass_in_box"] == 1.0
     assert localisation_scores([{"id": "x", "meta": {"type": "colour"}}]) == {}
+
+
+def test_top_cell_lands_on_the_target_another_object_or_elsewhere():
+    other = [0, 112, 112, 224]  # the bottom-left quarter
+    assert top_cell_lands(_peak(0, 3), BOX, [other], IMAGE) == "target"
+    assert top_cell_lands(_peak(3, 0), BOX, [other], IMAGE) == "other object"
+    assert top_cell_lands(_peak(3, 3), BOX, [other], IMAGE) == "elsewhere"
+    # A cell inside both boxes counts for the target; a flat map points at the top-left cell.
+    assert top_cell_lands(_peak(1, 1), [0, 0, 112, 112], [[0, 0, 224, 224]], IMAGE) == "target"
+    assert top_cell_lands([[0.0] * 4] * 4, BOX, [other], IMAGE) == "elsewhere"
+    with pytest.raises(ValueError, match="scene 7"):
+        top_cell_lands([[float("nan")]], BOX, [], IMAGE, where="scene 7")
