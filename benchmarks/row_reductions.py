@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.row_layout import median_ms  # noqa: E402
 from mllm_refine.components import AttentionRow, ModelInfo  # noqa: E402
 from mllm_refine_plugins.vrga.filter import VRGAFilter  # noqa: E402
-
-TINY = torch.finfo(torch.float32).tiny
+from mllm_refine_plugins.vrga.stats import TINY  # noqa: E402
 
 
 def case(batch: int, heads: int, keys: int, image: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -45,7 +45,7 @@ def lowest(values: torch.Tensor, slots: torch.Tensor, ratio: float) -> torch.Ten
     count = torch.round(ratio * slots.sum(dim=1))  # (B,)
     score = values.masked_fill(~slots, float("inf"))  # padding slots rank last
     order = score.argsort(dim=1, stable=True)  # (B, I): slot of each rank
-    # The inverse permutation by a scatter, not a second sort: 3.8x faster at batch 16.
+    # The inverse permutation by a scatter, not a second sort: 1.6x faster at batch 16.
     ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)  # (B, I)
     rank = torch.empty_like(order).scatter_(1, order, ranks)  # (B, I): 0 = lowest
     return (rank < count[:, None]) & slots

@@ -38,12 +38,12 @@ def engaged_heads(
     with ``share = n_valid / n_image`` (B, 1). ``entropy``: ``raw``, ``-sum a log a`` over the
     image probabilities as they are (summing to the image mass, not to 1); ``renorm``, the
     entropy of the image part renormalised, as ``row_stats``. Reductions over the last axis, not
-    products with a key column: on a CPU a batched matrix-vector product takes a slow kernel, 5x
-    a multiply and sum at batch 16."""
+    products with key columns: on a CPU a batched product with a ``(B, K, 2)`` key matrix is 2.6x
+    slower than two multiply-and-sums at batch 16 (``benchmarks/row_reductions.py``)."""
     a = probs * image  # (B, H, K): image probabilities, 0 on every other key
     mass = a.sum(-1)  # (B, H)
     # sum a log a with log clamped at the smallest normal float: 0 where a = 0, and one
-    # vectorised log (torch.special.entr's CPU kernel is scalar, 2.3x slower at batch 16).
+    # vectorised log (torch.special.entr's CPU kernel is scalar, 2.7x slower at batch 16).
     a_log_a = a.clamp_min(TINY).log_().mul_(a).sum(-1)  # (B, H), <= 0
     if entropy == "raw":
         bound = a_log_a.mul_(-engaged_h)  # (B, H): engaged_h * H
