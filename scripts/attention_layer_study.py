@@ -3,8 +3,8 @@
 For each question with a target box, one prefill over the question and ViCrop's generic question
 keeps the last prompt row of every block; per block it scores three maps against the box:
 ``A(q)`` (head-mean attention of the question), ``A(q) / A(q')`` (ViCrop's rel-att) and
-``A(q) - A(q')``. It answers which block's attention localises on a model, and whether the
-rel-att ratio keeps that. ``--landing BLOCK`` (repeatable) also counts, at those blocks, where
+``A(q) - A(q')``, and the share of the row's attention that falls on the image at all. It
+answers which block's attention localises on a model, and whether the rel-att ratio keeps that. ``--landing BLOCK`` (repeatable) also counts, at those blocks, where
 each map's top cell lands: on the target, on another object of the scene, or elsewhere.
 
     python scripts/attention_layer_study.py recipes/scenes_qwen/vanilla.yaml data.split=train --limit 400 --threads 2
@@ -67,6 +67,7 @@ def study(
     chance: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     lands: dict[str, dict[str, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: torch.zeros(len(LANDINGS))))
+    share = torch.zeros(2, L)  # summed image share of the last prompt row's attention, q and q'
     for start in range(0, len(samples), batch):
         chunk = samples[start : start + batch]
         B = len(chunk)
@@ -74,6 +75,7 @@ def study(
             p = decoder.prefill(chunk + [dataclasses.replace(s, question=generic) for s in chunk], layers, logits=False)
         for j, layer in enumerate(layers):
             a = p.image_rows(layer).mean(1)  # (2B, I) head mean
+            share[:, j] += a.sum(-1).view(2, B).sum(-1)  # (2,) the row's mass on the image, summed over samples
             values = {
                 "att": a[:B],
                 "rel_att": a[:B] / a[B:].clamp_min(torch.finfo(a.dtype).tiny),
@@ -101,18 +103,22 @@ def study(
     for key, per_bucket in lands.items():
         out[key] = {b: (100 * per_bucket[b] / count[b]).tolist() for b in buckets}
     out["n"] = {b: [float(count[b])] for b in buckets}
+    out["image share"] = {"q": (100 * share[0] / len(samples)).tolist(), "generic": (100 * share[1] / len(samples)).tolist()}
     return out
 
 
 def table(result: dict[str, dict[str, list[float]]]) -> str:
-    """Markdown: one row per block, pointing game of each map on all targets and per bucket."""
+    """Markdown: one row per block, pointing game of each map on all targets and per bucket, and
+    the share of the last prompt row's attention that falls on the image (q, then q')."""
     buckets = list(result["chance"])
-    head = "| block | " + " | ".join(f"{m} {b}" for m in MAPS for b in buckets) + " |"
-    rows = [head, "|---:|" + "---:|" * (len(MAPS) * len(buckets))]
+    share = result["image share"]
+    head = "| block | " + " | ".join(f"{m} {b}" for m in MAPS for b in buckets) + " | image share q % | image share q' % |"
+    rows = [head, "|---:|" + "---:|" * (len(MAPS) * len(buckets) + 2)]
     L = len(result["att"]["all"])
     for j in range(L):
-        rows.append(f"| {j + 1} | " + " | ".join(f"{result[m][b][j]:.1f}" for m in MAPS for b in buckets) + " |")
-    rows.append("| chance | " + " | ".join(f"{result['chance'][b][0]:.1f}" for _ in MAPS for b in buckets) + " |")
+        cells = " | ".join(f"{result[m][b][j]:.1f}" for m in MAPS for b in buckets)
+        rows.append(f"| {j + 1} | {cells} | {share['q'][j]:.2f} | {share['generic'][j]:.2f} |")
+    rows.append("| chance | " + " | ".join(f"{result['chance'][b][0]:.1f}" for _ in MAPS for b in buckets) + " | | |")
     return "\n".join(rows)
 
 

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mllm_refine.embedded import look_loss as look  # noqa: E402
 from mllm_refine.embedded import lora, qwen_spec, spec  # noqa: E402
 from mllm_refine.embedded import qwen_assembly as asm  # noqa: E402
 from mllm_refine.embedded import scenes_training as st  # noqa: E402
@@ -62,6 +63,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--aux-weight", type=float, default=0.5, help="weight of the stage-1 loss in stage 2")
     p.add_argument("--ground-weight", type=float, default=1.0, help="closeness of cell tokens to word embeddings")
+    p.add_argument("--look-weight", type=float, default=0.0,
+                   help="weight of the look loss in stage 2: the answer row's attention trained towards the target's cells")  # fmt: skip
+    p.add_argument("--look-blocks", type=int, nargs="+", default=list(range(8, 17)), help="blocks (1-based) the look loss trains")
     p.add_argument("--init-from", type=Path, default=None, help="assets folder to start from (a further phase)")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--val-size", type=int, default=300, help="teacher-forced validation questions (held-out seed)")
@@ -110,13 +114,26 @@ def build(args: argparse.Namespace) -> dict:
     st.run_stage("vision", model, visual, [{"params": [*model.model.visual.parameters(), *head.parameters()], "lr": args.vision_lr}],
                  args.vision_steps, vision_loss, gen, ckpt, log)  # fmt: skip
 
+    looked: list[float] = []
+
     def answer_loss(step: int) -> torch.Tensor:
         rows = st.sample_rows(train, args.batch, gen)
         batch = st.make_batch(processor, train, rows)
-        logits, feats = st.answer_logits(model, batch)  # (B, KEEP, V), (N, D)
+        ids = batch["input_ids"]  # (B, L)
+        positions = look.answer_positions(batch["targets"], ids.shape[1])  # (B,)
+        blocks = args.look_blocks if args.look_weight > 0 else []
+        with look.recording(model, blocks, positions, batch["attention_mask"]) as rec:
+            logits, feats = st.answer_logits(model, batch)  # (B, KEEP, V), (N, D)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1), ignore_index=-100)
         if args.aux_weight > 0:
             loss = loss + args.aux_weight * head.loss(feats, *st.cell_targets([train.scene(r) for r in rows], grid))
+        if args.look_weight > 0:
+            cells = look.cell_targets(st.target_boxes(train, rows), grid, (qwen_spec.IMAGE_SIZE, qwen_spec.IMAGE_SIZE))  # (B, G*G)
+            seen = look.look_loss(rec.rows, ids == model.config.image_token_id, cells)
+            looked.append(seen.item())
+            if len(looked) % 10 == 0:
+                log(f"answers step {step + 1}: look loss {sum(looked[-10:]) / 10:.3f} (mean of 10 steps)")
+            loss = loss + args.look_weight * seen
         return loss
 
     def validation(step: int) -> None:

@@ -80,6 +80,11 @@ def cell_targets(scene_list: list[scenes.Scene], grid: int) -> tuple[torch.Tenso
     return torch.tensor(colour), torch.tensor(shape)
 
 
+def target_boxes(qs: Questions, rows: list[int]) -> list[list[int] | None]:
+    """Each question's target box ``[x0, y0, x1, y1]`` in canvas pixels (None without a target)."""
+    return [scenes.target_meta(qs.scene(r), qs.data.rows[r][1].target)["target_box"] for r in rows]
+
+
 def word_embeddings(model: Any, tokenizer: Any, words: list[str]) -> torch.Tensor:
     """(W, D): each word's input embedding, the mean over its tokens when it has several."""
     table = model.get_input_embeddings().weight.detach()  # (V, D)
