@@ -3,8 +3,9 @@ answer row's head-mean attention over the image is trained towards the cells of 
 question asks about.
 
 Trained on answers alone, the model's attention finds the scene's objects but not the one asked
-about (docs/results.md, "Where the maps point"). With this loss, attention that localises is
-taught, not emergent; docs/embedded.md says so wherever it reports the maps.
+about (docs/results.md, "Which block's attention points at the object"). A model trained with
+this loss localises because it was taught to, and its maps must be reported as such; docs/embedded.md
+("Teaching the answer row to look") has what it did in the phases tried so far.
 
 The answer row is the last prompt position, the one that predicts the first answer token, as in
 ViCrop's maps. Its attention comes from the same row function the decoder's probes use
