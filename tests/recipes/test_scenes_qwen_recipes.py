@@ -13,7 +13,7 @@ from mllm_refine.recipes.loader import resolve_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-ON_THIS_MODEL = {"crop_size": 112, "layer": 14}  # what a crop recipe may set here (docs/results.md)
+ON_THIS_MODEL = {"crop_size": 112, "layer": 9}  # what a crop recipe may set here (docs/results.md)
 
 
 def refiner_params(recipe) -> list[dict]:
