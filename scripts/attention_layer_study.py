@@ -4,11 +4,12 @@ For each question with a target box, one prefill over the question and ViCrop's 
 keeps the last prompt row of every block; per block it scores three maps against the box:
 ``A(q)`` (head-mean attention of the question), ``A(q) / A(q')`` (ViCrop's rel-att) and
 ``A(q) - A(q')``, and the share of the row's attention that falls on the image at all. It
-answers which block's attention localises on a model, and whether the rel-att ratio keeps that. ``--landing BLOCK`` (repeatable) also counts, at those blocks, where
-each map's top cell lands: on the target, on another object of the scene, or elsewhere.
+answers which block's attention localises on a model, and whether the rel-att ratio keeps that.
+``--landing BLOCK`` (repeatable) also counts, at those blocks, where each map's top cell lands:
+on the target, on another object of the scene, or elsewhere.
 
     python scripts/attention_layer_study.py recipes/scenes_qwen/vanilla.yaml data.split=train --limit 400 --threads 2
-    python scripts/attention_layer_study.py recipes/scenes_qwen/vanilla.yaml --landing 1 --landing 14
+    python scripts/attention_layer_study.py recipes/scenes_qwen/vanilla.yaml --landing 1 --landing 9 --landing 14
 """
 
 from __future__ import annotations

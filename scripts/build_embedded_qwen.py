@@ -128,7 +128,7 @@ def build(args: argparse.Namespace) -> dict:
         if args.aux_weight > 0:
             loss = loss + args.aux_weight * head.loss(feats, *st.cell_targets([train.scene(r) for r in rows], grid))
         if args.look_weight > 0:
-            cells = look.cell_targets(st.target_boxes(train, rows), grid, (qwen_spec.IMAGE_SIZE, qwen_spec.IMAGE_SIZE))  # (B, G*G)
+            cells = look.box_shares(st.target_boxes(train, rows), grid, (qwen_spec.IMAGE_SIZE, qwen_spec.IMAGE_SIZE))  # (B, G*G)
             seen = look.look_loss(rec.rows, ids == model.config.image_token_id, cells)
             looked.append(seen.item())
             if len(looked) % 10 == 0:

@@ -101,7 +101,7 @@ def answer_positions(targets: torch.Tensor, length: int) -> torch.Tensor:
     return length - 1 - n
 
 
-def cell_targets(boxes: Sequence[Sequence[float] | None], grid: int, image_size: tuple[int, int]) -> torch.Tensor:
+def box_shares(boxes: Sequence[Sequence[float] | None], grid: int, image_size: tuple[int, int]) -> torch.Tensor:
     """``(B, G * G)`` float32, row-major cells: each cell's share of the target box's area over
     the image tokens' grid (rows sum to 1), all zero where a sample has no target."""
     out = torch.zeros(len(boxes), grid * grid)

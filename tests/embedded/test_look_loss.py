@@ -18,9 +18,9 @@ def test_answer_positions_are_the_rows_before_each_answer():
     assert look.answer_positions(targets, 10).tolist() == [6, 7]
 
 
-def test_cell_targets_share_the_box_area_over_cells():
+def test_box_shares_split_the_box_area_over_cells():
     # a 4 x 4 image on a 2 x 2 grid: cells are 2 px squares
-    t = look.cell_targets([[0, 0, 2, 2], [1, 0, 3, 2], None], 2, (4, 4))  # (3, 4)
+    t = look.box_shares([[0, 0, 2, 2], [1, 0, 3, 2], None], 2, (4, 4))  # (3, 4)
     assert t[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert t[1].tolist() == [0.5, 0.5, 0.0, 0.0]  # half of each top cell
     assert t[2].tolist() == [0.0, 0.0, 0.0, 0.0]
@@ -67,7 +67,7 @@ def test_recorded_rows_equal_eager_attention_and_train_only_the_blocks_up_to_the
     want = eager[torch.arange(len(positions)), :, positions]  # (B, H, L) the answer rows
     torch.testing.assert_close(rec.rows[2], want, atol=1e-6, rtol=1e-5)
 
-    cells = look.cell_targets(st.target_boxes(qs, [0, 1, 2, 3]), 4, (224, 224))  # the tiny model's 4 x 4 grid
+    cells = look.box_shares(st.target_boxes(qs, [0, 1, 2, 3]), 4, (224, 224))  # the tiny model's 4 x 4 grid
     assert (cells.sum(-1) > 0).any()
     loss = look.look_loss(rec.rows, ids == model.config.image_token_id, cells)
     model.zero_grad()
