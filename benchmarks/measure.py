@@ -21,11 +21,13 @@ import os
 import platform
 import statistics
 import time
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -68,6 +70,23 @@ def trim_heap() -> None:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class OpCount(TorchDispatchMode):
+    """While active, counts each aten op dispatched, by name (``ops``): the same on every machine,
+    where a time is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
 
 
 def _status_kb(key: str) -> int:

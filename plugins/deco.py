@@ -64,7 +64,8 @@ def candidate_set(
     else:
         keep = total <= top_p
     keep = keep & (top > 0)
-    keep[:, 0] = True
+    if cut != "crossing":  # crossing keeps the top token already: nothing lies above it and top_p > 0
+        keep[:, 0] = True
     return ids, keep
 
 
@@ -74,9 +75,9 @@ def anchor(lens_probs: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor) -> t
     B, A, _ = lens_probs.shape
     k = ids.shape[1]
     p = lens_probs.gather(2, ids[:, None, :].expand(B, A, k))  # (B, A, k)
-    p = p.masked_fill(~keep[:, None, :], -1.0).flatten(1)  # (B, A * k), layer-major
-    best = p.argmax(1)  # (B,) first maximum: lowest layer, then most probable final token
-    return best // k, p.gather(1, best[:, None]).squeeze(1)
+    p = torch.where(keep[:, None, :], p, -1.0).flatten(1)  # (B, A * k), layer-major
+    p_max, best = p.max(1)  # (B,) each; the first maximum: lowest layer, then most probable final token
+    return best // k, p_max
 
 
 @dataclass
@@ -110,28 +111,31 @@ class DecoAnchorSelector(LayerSelector):
     def needs(self) -> Needs:
         return Needs(hidden=frozenset(self._layers))
 
-    def _constants(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(placeholders, layers)`` long tensors on the logits' device, made once per device."""
-        device = view.logits.device
-        if getattr(self, "_device", None) != device:
+    def _constants(self, view: StepView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(placeholders, layers, starts)`` long tensors on the logits' device, made once per
+        device and batch size; ``starts`` (B,) is each sample's first row in a ``(B A, V)`` view
+        of the lenses."""
+        device, B = view.logits.device, view.logits.shape[0]
+        if getattr(self, "_device", None) != (device, B):
             self._placeholders = torch.tensor(view.image_token_ids, dtype=torch.long, device=device)
             self._layer_ids = torch.tensor(self._layers, device=device)  # (A,)
-            self._device = device
-        return self._placeholders, self._layer_ids
+            self._starts = torch.arange(B, device=device) * len(self._layers)  # (B,)
+            self._device = (device, B)
+        return self._placeholders, self._layer_ids, self._starts
 
     def select(self, view: StepView) -> torch.Tensor:
-        placeholders, layer_ids = self._constants(view)
+        placeholders, layer_ids, starts = self._constants(view)
         # Image placeholders are never emitted (the engine suppresses them): they are no candidates.
         final = view.logits.index_fill(1, placeholders, float("-inf"))  # (B, V)
         ids, keep = candidate_set(final, self.top_k, self.top_p, self.cut)  # (B, k) each
         lens = view.lenses(self._layers, final_norm=self.final_norm)  # (B, A, V)
         a, p_max = anchor(lens.softmax(-1), ids, keep)  # (B,) each
-        B, _, V = lens.shape
+        B, A, V = lens.shape
         view.state[STATE_KEY] = {
             "step": view.step,
             "p_max": p_max,  # (B,)
             "candidates": torch.zeros_like(view.logits, dtype=torch.bool).scatter_(1, ids, keep),  # (B, V)
-            "anchor_logits": lens.gather(1, a[:, None, None].expand(B, 1, V)).squeeze(1),  # (B, V) z_{a*}
+            "anchor_logits": lens.reshape(B * A, V).index_select(0, starts + a),  # (B, V) z_{a*}
         }
         return layer_ids[a]  # (B,)
 
@@ -160,8 +164,8 @@ class DecoModulateCombiner(LogitCombiner):
         if layer is None or found is None or found["step"] != view.step:
             raise RuntimeError("deco_modulate: no anchor at this step; pair it with layer_selector 'deco_anchor'")
         z = final + self.alpha * found["p_max"][:, None] * found["anchor_logits"]  # (B, V)
-        z = z.masked_fill(~found["candidates"], float("-inf"))
-        return torch.where((layer >= 0)[:, None], z, final)
+        # deco_anchor picks a layer for every sample (no -1 rows): nothing keeps z_N.
+        return z.masked_fill_(~found["candidates"], float("-inf"))
 
 
 @hookimpl

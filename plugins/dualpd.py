@@ -48,6 +48,9 @@ class HellingerShiftSelector(LayerSelector):
         self._neighbours = cur == list(range(1, len(self._blocks))) and prev == list(range(len(self._blocks) - 1))
         self._cur, self._prev = torch.tensor(cur), torch.tensor(prev)  # (C,) each
         self._layer_of = torch.tensor(self._candidates)  # (C,) block number of each candidate
+        first = self._candidates[0]
+        # Candidates first, first + 1, ...: the chosen block is the argmax plus an offset, no lookup.
+        self._offset = first if self._candidates == list(range(first, first + len(self._candidates))) else None
 
     def candidates(self) -> list[int]:
         return self._candidates
@@ -56,24 +59,39 @@ class HellingerShiftSelector(LayerSelector):
         # Each candidate l compares block l with block l - 1.
         return Needs(attention=frozenset(self._blocks))
 
-    def shifts(self, view: StepView) -> torch.Tensor:
-        """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
+    def distances(self, view: StepView) -> torch.Tensor:
+        """``(B, C)``: ``||sqrt(S_{l-1}) - sqrt(S_l)||`` with ``S_l = H * Abar_l``, the head sum of
+        the maps each renormalised over the image: ``sqrt(2 H)`` times each candidate's
+        Hellinger shift, so the same argmax, without the two scalings a choice does not need."""
         rows = view.attentions(self._blocks, renormalize=False)  # (B, N, H, I) raw image probabilities
         B, N, H, I = rows.shape
-        # Head mean of the maps each renormalised over the image, as one product: sum_h a_h / (H s_h).
-        weight = (rows.sum(-1).clamp_min(torch.finfo(rows.dtype).tiny) * H).reciprocal()  # (B, N, H)
-        mean = torch.bmm(weight.view(B * N, 1, H), rows.view(B * N, H, I))  # (B N, 1, I): Abar_l
-        root = mean.view(B, N, I).sqrt()  # (B, N, I) sqrt of each Abar_l
+        weight = rows.sum(-1).clamp_min_(torch.finfo(rows.dtype).tiny).reciprocal_()  # (B, N, H): 1 / s_h
+        total = torch.bmm(weight.view(B * N, 1, H), rows.view(B * N, H, I))  # (B N, 1, I): sum_h a_h / s_h
+        root = total.view(B, N, I).sqrt_()  # (B, N, I) sqrt of each S_l
         if self._neighbours:
             prev, cur = root[:, :-1], root[:, 1:]  # (B, C, I) each, views
         else:
             prev, cur = root[:, self._prev.to(root.device)], root[:, self._cur.to(root.device)]  # (B, C, I) each
-        return (prev - cur).norm(dim=-1) / math.sqrt(2)  # (B, C): H(Abar_{l-1}, Abar_l)
+        return torch.linalg.vector_norm(prev - cur, dim=-1)  # (B, C)
+
+    def shifts(self, view: StepView) -> torch.Tensor:
+        """``(B, C)``: Hellinger shift of each candidate block from the block before it."""
+        return self.distances(view) / math.sqrt(2 * self.info.num_heads)  # (B, C): H(Abar_{l-1}, Abar_l)
 
     def select(self, view: StepView) -> torch.Tensor:
-        s = self.shifts(view)  # (B, C)
-        layer = self._layer_of.to(s.device)[s.argmax(1)]  # (B,)
-        return layer.masked_fill(~view.image_mask.any(1), -1)  # (B,): -1 for a sample without an image
+        pick = self.distances(view).argmax(1)  # (B,) index of the largest shift
+        layer = pick.add_(self._offset) if self._offset is not None else self._layer_of.to(pick.device)[pick]  # (B,)
+        missing = self._no_image(view)
+        return layer if missing is None else layer.masked_fill_(missing, -1)  # (B,): -1 for a sample without an image
+
+    def _no_image(self, view: StepView) -> torch.Tensor | None:
+        """``(B,)`` bool, the samples without an image, or None when every sample has one; found
+        once per request (one host read at its first step), not at every step."""
+        key = self.state_key + ":no_image"
+        if key not in view.state:
+            missing = ~view.image_mask.any(1)  # (B,)
+            view.state[key] = missing if bool(missing.any()) else None
+        return view.state[key]
 
 
 @dataclass

@@ -39,7 +39,7 @@ class LayerContrastCombiner(LogitCombiner):
         final = view.logits  # (B, V)
         if layer is None:
             return final
-        early = view.lens_at(layer, final_norm=self.final_norm)  # (B, V)
+        early = view.lens_at(layer, final_norm=self.final_norm, fill=False)  # (B, V); -1 rows replaced below
         dz = contrast(final, early, self.space)  # (B, V)
         keep = plausible(final, self.alpha) if self.cutoff == "probs" else relative_top(final.log_softmax(-1), self.alpha)
         dz = torch.where(keep, dz, float("-inf"))  # (B, V)

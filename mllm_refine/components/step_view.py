@@ -66,6 +66,7 @@ class StepView(Protocol):
         """``(B, N, V)``: ``lens(l)`` of each of the N ``layers``."""
         ...
 
-    def lens_at(self, layers: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
-        """``(B, V)``: each sample's lens at its own layer ``layers[b]``; ``-1`` rows hold ``logits``."""
+    def lens_at(self, layers: torch.Tensor, final_norm: bool = True, fill: bool = True) -> torch.Tensor:
+        """``(B, V)``: each sample's lens at its own layer ``layers[b]``; ``-1`` rows hold ``logits``
+        (``fill=False``: any finite row, for a caller that replaces those rows itself)."""
         ...

@@ -166,7 +166,7 @@ class Capture:
         self.state: dict[str, Any] = {}
         self.attention: dict[int, torch.Tensor] = {}  # layer -> (B, H, I) raw probabilities
         self.hidden: dict[int, torch.Tensor] = {}  # layer -> (B, D)
-        self.tables: dict[Any, torch.Tensor] = {}  # lookup tables a step view builds once per request
+        self.tables: dict[Any, Any] = {}  # lookup tables a step view builds once per request
         self.prefill_rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, T)
         self.scores: dict[int, torch.Tensor] = {}  # layer -> (B, H, K) pre-softmax, before filters
         self.question_rows: dict[tuple[int, int], torch.Tensor] = {}  # (layer, back) -> (B, H, T)

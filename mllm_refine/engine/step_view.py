@@ -92,7 +92,8 @@ class StepView:
     def _project(self, h: torch.Tensor, final_norm: bool) -> torch.Tensor:
         if final_norm:
             h = self.adapter.final_norm(h)
-        return self.adapter.lm_head(h).float()  # (B, V)
+        z = self.adapter.lm_head(h)  # (B, V)
+        return z if z.dtype == torch.float32 else z.float()
 
     def lens(self, layer: int, final_norm: bool = True) -> torch.Tensor:
         """``(B, V)`` logit lens ``lm_head(norm(h_layer))`` (``final_norm=False``: no norm)."""
@@ -114,35 +115,39 @@ class StepView:
                 return z
         return torch.stack([self._lens[(l, final_norm)] for l in layers], 1)  # (B, N, V)
 
-    def lens_at(self, layers: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+    def lens_at(self, layers: torch.Tensor, final_norm: bool = True, fill: bool = True) -> torch.Tensor:
         """``(B, V)``: each sample's lens at its own layer ``layers[b]`` (a layer of
-        ``Needs.hidden``); rows with ``-1`` hold the final logits. One ``lm_head`` call for the
-        whole batch, and the layers never leave the device: each row's state is gathered from the
-        stack of the kept ones through a layer -> slot table."""
+        ``Needs.hidden``); rows with ``-1`` hold the final logits (``fill=False``: some finite
+        row, for a caller that replaces those rows itself). One ``lm_head`` call for the whole
+        batch, and the layers never leave the device: each row's state is picked from the stack
+        of the kept ones through a (sample, layer) -> row table."""
         kept = sorted(self.capture.hidden)  # the M layers whose states this step kept
         if not kept:
             raise KeyError(f"lens_at: layers {layers.tolist()} were not declared in Needs.hidden")
-        slot = self._slots(kept, layers.device)[layers]  # (B,); -1 rows read the table's last entry, slot 0
         B = layers.shape[0]
+        table, samples = self._rows_of(kept, B, layers.device)  # (B, L + 2), (B,)
+        row = table[samples, layers]  # (B,) row of each sample's state in the (M B, .) stack
         if all((l, final_norm) in self._lens for l in kept):  # a part already computed every lens
-            z = torch.stack([self._lens[(l, final_norm)] for l in kept], 1)  # (B, M, V)
-            z = z.gather(1, slot[:, None, None].expand(B, 1, z.shape[-1])).squeeze(1)  # (B, V)
+            z = torch.stack([self._lens[(l, final_norm)] for l in kept])  # (M, B, V)
+            z = z.view(len(kept) * B, -1).index_select(0, row)  # (B, V)
         else:
-            h = torch.stack([self.hidden(l) for l in kept], 1)  # (B, M, D)
-            h = h.gather(1, slot[:, None, None].expand(B, 1, h.shape[-1])).squeeze(1)  # (B, D)
-            z = self._project(h, final_norm)  # (B, V)
-        return torch.where((layers >= 0)[:, None], z, self.logits)
+            h = torch.stack([self.hidden(l) for l in kept])  # (M, B, D)
+            z = self._project(h.view(len(kept) * B, -1).index_select(0, row), final_norm)  # (B, V)
+        return torch.where((layers >= 0)[:, None], z, self.logits) if fill else z
 
-    def _slots(self, kept: list[int], device: torch.device) -> torch.Tensor:
-        """``(L + 2,)`` long, made once per request: at ``l`` in 0..L the index of layer ``l``
-        among ``kept``, or ``len(kept)`` (out of range: the gather raises) for a layer that was not
-        kept; the last entry, which index ``-1`` reads, is slot 0 (those rows keep the final
-        logits)."""
-        key = ("lens_at", tuple(kept), device)
-        table = self.capture.tables.get(key)
-        if table is None:
-            table = torch.full((self.num_layers + 2,), len(kept), dtype=torch.long)
-            table[kept] = torch.arange(len(kept))
-            table[-1] = 0
-            table = self.capture.tables[key] = table.to(device)
-        return table
+    def _rows_of(self, kept: list[int], batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(table, samples)``, made once per request: ``table`` (B, L + 2) long holds, at
+        ``[b, l]`` for ``l`` in 0..L, the row ``slot * B + b`` of sample ``b``'s state of layer
+        ``l`` in the stack of the ``kept`` ones (``slot`` its index among them), or ``M B``, out of
+        range (the pick raises), for a layer that was not kept; the last column, which ``-1``
+        reads, is slot 0 (those rows keep the final logits). ``samples`` is ``arange(B)``."""
+        key = ("lens_at", tuple(kept), batch, device)
+        cached = self.capture.tables.get(key)
+        if cached is None:
+            slot = torch.full((self.num_layers + 2,), len(kept), dtype=torch.long)  # (L + 2,)
+            slot[kept] = torch.arange(len(kept))
+            slot[-1] = 0
+            samples = torch.arange(batch)  # (B,)
+            table = slot[None, :] * batch + samples[:, None]  # (B, L + 2)
+            cached = self.capture.tables[key] = (table.to(device), samples.to(device))
+        return cached

@@ -64,6 +64,14 @@ def test_lens_at_rows_without_a_layer_when_layer_0_was_not_kept():
     torch.testing.assert_close(got[2], view.logits[2])
 
 
+def test_lens_at_without_fill_leaves_rows_without_a_layer_finite():
+    view = _view()
+    layers = torch.tensor([2, -1, 4])
+    got = view.lens_at(layers, fill=False)
+    torch.testing.assert_close(got[[0, 2]], view.lens_at(layers)[[0, 2]])  # rows with a layer: the same lens
+    assert torch.isfinite(got[1]).all()
+
+
 def test_lens_at_makes_one_head_call_for_a_batch_of_layers():
     view = _view()
     view.lens_at(torch.tensor([2, 0, 4]))
@@ -76,6 +84,6 @@ def test_lens_at_an_undeclared_layer_fails():
     try:
         view.lens_at(torch.tensor([1, 3, 2]))
     except (IndexError, RuntimeError) as e:
-        assert "out of bounds" in str(e)
+        assert "out of range" in str(e)
     else:
         raise AssertionError("a layer without a kept state was read")

@@ -46,6 +46,8 @@ def test_candidate_set_by_hand():
     assert keep.tolist() == [[True, True, False], [True, False, False]]  # 0.95 > 0.9 is cut
     ids, keep = candidate_set(logits, top_k=2, top_p=1.0)
     assert ids.tolist() == [[0, 1], [1, 0]] and keep.all()
+    _, keep = candidate_set(logits, top_k=3, top_p=1e-9)  # the smallest cut still keeps the top token
+    assert keep.tolist() == [[True, False, False], [True, False, False]]
 
 
 def test_candidate_set_keeps_the_runner_up_at_an_ambiguous_step():

@@ -108,7 +108,7 @@ def test_contrast_by_hand():
     p = torch.tensor([0.6, 0.3, 0.08, 0.02])
     q = torch.tensor([0.2, 0.6, 0.1, 0.1])
     final = torch.stack([p.log() + 1.0, p.log()])  # (B=2, V=4); a shift leaves log_softmax alone
-    view = SimpleNamespace(logits=final, lens_at=lambda layer, final_norm: torch.stack([q.log(), q.log()]))
+    view = SimpleNamespace(logits=final, lens_at=lambda layer, final_norm, fill=True: torch.stack([q.log(), q.log()]))
     out = c.combine(view, torch.tensor([3, -1]))
     # Plausible: p >= 0.1 * 0.6 = 0.06 -> tokens 0, 1, 2 (0.02 is cut).
     expected = torch.tensor([math.log(0.6 / 0.2), math.log(0.3 / 0.6), math.log(0.08 / 0.1), float("-inf")])

@@ -29,10 +29,12 @@ def test_hellinger_by_hand():
 
 
 class FakeView:
-    """The parts of StepView the selector reads: per-layer (B, H, I) attention and an image mask."""
+    """The parts of StepView the selector reads: per-layer (B, H, I) attention, an image mask and
+    the request's state."""
 
     def __init__(self, attn: dict[int, torch.Tensor], image_mask: torch.Tensor):
         self._attn, self.image_mask = attn, image_mask
+        self.state: dict = {}
 
     def attention(self, layer: int, renormalize: bool = True) -> torch.Tensor:
         return self._attn[layer]
@@ -50,19 +52,24 @@ def test_selector_default_candidates_and_needs():
         HellingerShiftSelector(layers=[9]).setup(INFO)
 
 
-def test_selector_picks_largest_shift_per_sample():
-    s = HellingerShiftSelector(layers=[2, 3, 4])
-    s.setup(INFO)
+def _jumps() -> dict[int, torch.Tensor]:
+    """(B=2, H=4, I=2) attention of blocks 1..4: sample 0 jumps between blocks 1 and 2, sample 1
+    between blocks 3 and 4."""
     flat = torch.full((2, 4, 2), 0.5)  # (B, H, I): uniform over two image tokens
     left = torch.tensor([1.0, 0.0]).expand(2, 4, 2)
     right = torch.tensor([0.0, 1.0]).expand(2, 4, 2)
-    # Sample 0 jumps between blocks 1 and 2; sample 1 between blocks 3 and 4.
-    attn = {
+    return {
         1: torch.stack([left[0], flat[1]]),
         2: torch.stack([right[0], flat[1]]),
         3: torch.stack([right[0], flat[1]]),
         4: torch.stack([right[0], left[1]]),
     }
+
+
+def test_selector_picks_largest_shift_per_sample():
+    s = HellingerShiftSelector(layers=[2, 3, 4])
+    s.setup(INFO)
+    attn = _jumps()
     view = FakeView(attn, torch.ones(2, 2, dtype=torch.bool))
     shifts = s.shifts(view)  # (B, 3) for candidates 2, 3, 4
     h_flat_left = math.sqrt((math.sqrt(0.5) - 1) ** 2 + 0.5) / math.sqrt(2)
@@ -71,6 +78,20 @@ def test_selector_picks_largest_shift_per_sample():
     assert s.select(view).tolist() == [2, 4]
     no_image = FakeView(attn, torch.tensor([[True, True], [False, False]]))
     assert s.select(no_image).tolist() == [2, -1]
+
+
+def test_selector_with_candidates_apart_and_the_image_check_once_per_request():
+    s = HellingerShiftSelector(layers=[2, 4])  # blocks 1, 2, 3, 4 read; no offset from the argmax
+    s.setup(INFO)
+    attn = _jumps()
+    view = FakeView(attn, torch.ones(2, 2, dtype=torch.bool))
+    h_flat_left = math.sqrt((math.sqrt(0.5) - 1) ** 2 + 0.5) / math.sqrt(2)
+    torch.testing.assert_close(s.shifts(view), torch.tensor([[1.0, 0.0], [0.0, h_flat_left]]), atol=1e-6, rtol=0)
+    assert s.select(view).tolist() == [2, 4]
+    no_image = FakeView(attn, torch.tensor([[False, False], [True, True]]))
+    assert s.select(no_image).tolist() == [-1, 4]
+    no_image.image_mask = torch.ones(2, 2, dtype=torch.bool)  # the request's answer was found at its first step
+    assert s.select(no_image).tolist() == [-1, 4]
 
 
 def _row(B: int, K: int, valid: torch.Tensor | None = None) -> AttentionRow:
@@ -119,7 +140,7 @@ def test_layer_contrast_by_hand():
     c.setup(INFO)
     final = torch.tensor([[2.0, 1.5, -3.0], [0.0, 0.0, 0.0]])  # (B=2, V=3)
     early = torch.tensor([[1.0, 2.0, 0.0], [5.0, 1.0, 0.0]])
-    view = SimpleNamespace(logits=final, lens_at=lambda layer, final_norm: early)
+    view = SimpleNamespace(logits=final, lens_at=lambda layer, final_norm, fill=True: early)
     out = c.combine(view, torch.tensor([3, -1]))
     # Sample 0: p = softmax(final) ~ [0.62, 0.38, 0.004]; plausible where p >= 0.5 * 0.62 -> tokens 0, 1.
     inf = float("-inf")
