@@ -31,7 +31,7 @@ from mllm_refine.engine.step_view import StepView  # noqa: E402
 STEP = 3  # the decode step whose view is timed
 
 
-def step_parts(decoder: Any, samples: list) -> Callable[[], Any]:
+def step_call(decoder: Any, samples: list) -> Callable[[], Any]:
     """``select`` then ``combine`` of ``decoder``'s parts on a fresh view of decode step ``STEP``
     (what it captured is put back before each call)."""
     kept: dict[str, Any] = {}
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in discover(ROOT / "recipes", a.recipe or ["dualpd_layer"], control=False):
             if name == "vanilla":
                 continue
-            run = step_parts(make_decoder(model, proc, path, STEP + 2, name), samples)
+            run = step_call(make_decoder(model, proc, path, STEP + 2, name), samples)
             with OpCount() as count:
                 run()
             rows.append((name, count.total, warm_us(run, a.repeats), cold_us(run, sweep, a.repeats)))

@@ -116,11 +116,11 @@ class DecoAnchorSelector(LayerSelector):
         device and batch size; ``starts`` (B,) is each sample's first row in a ``(B A, V)`` view
         of the lenses."""
         device, B = view.logits.device, view.logits.shape[0]
-        if getattr(self, "_device", None) != (device, B):
+        if getattr(self, "_made_for", None) != (device, B):
             self._placeholders = torch.tensor(view.image_token_ids, dtype=torch.long, device=device)
             self._layer_ids = torch.tensor(self._layers, device=device)  # (A,)
             self._starts = torch.arange(B, device=device) * len(self._layers)  # (B,)
-            self._device = (device, B)
+            self._made_for = (device, B)
         return self._placeholders, self._layer_ids, self._starts
 
     def select(self, view: StepView) -> torch.Tensor:

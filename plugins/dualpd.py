@@ -81,17 +81,8 @@ class HellingerShiftSelector(LayerSelector):
     def select(self, view: StepView) -> torch.Tensor:
         pick = self.distances(view).argmax(1)  # (B,) index of the largest shift
         layer = pick.add_(self._offset) if self._offset is not None else self._layer_of.to(pick.device)[pick]  # (B,)
-        missing = self._no_image(view)
+        missing = view.no_image  # (B,) or None: every sample has an image
         return layer if missing is None else layer.masked_fill_(missing, -1)  # (B,): -1 for a sample without an image
-
-    def _no_image(self, view: StepView) -> torch.Tensor | None:
-        """``(B,)`` bool, the samples without an image, or None when every sample has one; found
-        once per request (one host read at its first step), not at every step."""
-        key = self.state_key + ":no_image"
-        if key not in view.state:
-            missing = ~view.image_mask.any(1)  # (B,)
-            view.state[key] = missing if bool(missing.any()) else None
-        return view.state[key]
 
 
 @dataclass

@@ -29,6 +29,12 @@ class StepView(Protocol):
         ...
 
     @property
+    def no_image(self) -> torch.Tensor | None:
+        """``(B,)`` bool: the samples without an image token; None when every sample has one
+        (known once per request, so a step need not ask)."""
+        ...
+
+    @property
     def image_token_ids(self) -> tuple[int, ...]:
         """The model's image placeholder token ids (never emitted)."""
         ...

@@ -211,6 +211,10 @@ class Capture:
         # Padded per-sample index of image positions: (B, I), slots beyond a sample's count masked.
         self.image_index, self.image_slots = positions(self.prompt_image_keys)  # (B, I) each
         self.full_slots = bool(self.image_slots.all())  # every sample has I image tokens: no slot to zero
+        # (B,) bool, the samples without an image token, or None when every sample has one: read
+        # once here, so no step asks the host.
+        missing = ~self.image_slots.any(1)  # (B,)
+        self.no_image = None if self.full_slots or not bool(missing.any()) else missing
 
     def image_keys(self, keys: int) -> torch.Tensor:
         """``(B, K)`` bool image-key mask, the prompt's mask padded with False for new tokens."""

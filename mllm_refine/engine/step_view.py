@@ -50,6 +50,11 @@ class StepView:
         """``(B, I)`` bool: which image slots hold a real image token of each sample."""
         return self.capture.image_slots
 
+    @property
+    def no_image(self) -> torch.Tensor | None:
+        """``(B,)`` bool: the samples without an image token; None when every sample has one."""
+        return self.capture.no_image
+
     def attention(self, layer: int, renormalize: bool = True) -> torch.Tensor:
         """``(B, H, I)``: the current row's attention over each sample's image tokens in block
         ``layer``; renormalised over the image span unless ``renormalize=False``."""

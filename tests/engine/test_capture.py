@@ -182,3 +182,13 @@ def test_bfloat16_decoding_reads_the_cache_buffers_and_keeps_its_tokens(samples,
     for a, b in zip(with_rooms.seen, plain.seen):
         for layer in a["attention"]:
             assert torch.equal(a["attention"][layer], b["attention"][layer])
+
+
+def test_the_samples_without_an_image_are_known_once_at_begin():
+    image_id = 9
+    adapter = type("Adapter", (), {"image_keys": staticmethod(lambda ids: ids == image_id)})()
+    capture = Capture(adapter, Needs(), [])
+    capture.begin(torch.tensor([[1, 9, 9, 2], [1, 2, 3, 4], [9, 1, 2, 3]]))  # (B=3, T=4); sample 1: text only
+    assert capture.no_image.tolist() == [False, True, False]
+    capture.begin(torch.tensor([[1, 9, 9, 2], [9, 1, 2, 3]]))  # every sample has an image
+    assert capture.no_image is None

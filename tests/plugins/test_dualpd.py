@@ -29,12 +29,13 @@ def test_hellinger_by_hand():
 
 
 class FakeView:
-    """The parts of StepView the selector reads: per-layer (B, H, I) attention, an image mask and
-    the request's state."""
+    """The parts of StepView the selector reads: per-layer (B, H, I) attention and the samples
+    without an image (None when every sample has one, as the engine gives it)."""
 
     def __init__(self, attn: dict[int, torch.Tensor], image_mask: torch.Tensor):
-        self._attn, self.image_mask = attn, image_mask
-        self.state: dict = {}
+        self._attn = attn
+        missing = ~image_mask.any(1)  # (B,)
+        self.no_image = missing if missing.any() else None
 
     def attention(self, layer: int, renormalize: bool = True) -> torch.Tensor:
         return self._attn[layer]
@@ -80,7 +81,7 @@ def test_selector_picks_largest_shift_per_sample():
     assert s.select(no_image).tolist() == [2, -1]
 
 
-def test_selector_with_candidates_apart_and_the_image_check_once_per_request():
+def test_selector_with_candidates_apart():
     s = HellingerShiftSelector(layers=[2, 4])  # blocks 1, 2, 3, 4 read; no offset from the argmax
     s.setup(INFO)
     attn = _jumps()
@@ -89,8 +90,6 @@ def test_selector_with_candidates_apart_and_the_image_check_once_per_request():
     torch.testing.assert_close(s.shifts(view), torch.tensor([[1.0, 0.0], [0.0, h_flat_left]]), atol=1e-6, rtol=0)
     assert s.select(view).tolist() == [2, 4]
     no_image = FakeView(attn, torch.tensor([[False, False], [True, True]]))
-    assert s.select(no_image).tolist() == [-1, 4]
-    no_image.image_mask = torch.ones(2, 2, dtype=torch.bool)  # the request's answer was found at its first step
     assert s.select(no_image).tolist() == [-1, 4]
 
 
