@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds at batch 1 (after a warm-up)")
     p.add_argument("--batch-repeats", type=int, default=2, help="timed rounds at --batch")
     p.add_argument("--no-control", action="store_true", help=f"skip the {CONTROL} control run")
+    p.add_argument(
+        "--bracket", action="store_true",
+        help="batch 1: vanilla also runs right after each recipe, and each run is compared with the vanilla runs beside it",
+    )  # fmt: skip
     p.add_argument("--reference", choices=["both", "nocache", "cache", "none"], default="both")
     p.add_argument("--ref-tokens", type=int, default=8, help="new tokens per reference-style run")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed reference-style runs (after a warm-up)")
@@ -134,10 +138,12 @@ class Runs:
         self.device = device
         self.timing = {"1": Timing(), big: Timing(skip=1)}  # the large batch: first step left out
         self.meter = {"1": MemoryMeter(device), big: MemoryMeter(device)}
+        self.bracket: list[float] = []  # batch 1, --bracket: mean step of the vanilla runs beside each run
         self.preds: dict[str, list] = {}
 
-    def run(self, samples: list[Sample], tokens: int, memory: bool) -> None:
-        """One ``generate`` of ``samples``: timed, or (``memory``) under the memory meter only."""
+    def run(self, samples: list[Sample], tokens: int, memory: bool, into: Timing | None = None) -> None:
+        """One ``generate`` of ``samples``: timed (into ``into`` if given), or (``memory``) under
+        the memory meter only."""
         batch = str(len(samples))
         self.decoder.config.max_new_tokens = tokens
 
@@ -145,7 +151,7 @@ class Runs:
             with clocked_generate(self.decoder.model, clock, generate_start):
                 return self.decoder.generate(samples)
 
-        timing, meter = (None, self.meter[batch]) if memory else (self.timing[batch], None)
+        timing, meter = (None, self.meter[batch]) if memory else (into or self.timing[batch], None)
         self.preds[batch] = run_timed(generate, self.device, timing, meter)
 
     def row(self, name: str, w_mb: float, batch_tokens: int) -> dict:
@@ -154,6 +160,8 @@ class Runs:
             runs[batch] = timing.summary(int(batch))
             runs[batch]["peak_delta_mb"] = round(self.meter[batch].peak_mb, 1)
             runs[batch]["peak_mb"] = round(w_mb + self.meter[batch].peak_mb, 1)
+        if self.bracket:
+            runs["1"]["bracket_runs_ms"] = [round(1e3 * s, 3) for s in self.bracket]
         big = [b for b in runs if b != "1"][0]
         tokens, tokens_n = self.preds["1"][0].tokens, self.preds[big][0].tokens
         consistent = tokens_n == tokens[: len(tokens_n)] or len(tokens_n) < batch_tokens
@@ -217,8 +225,32 @@ class Bench:
             self.runs["vanilla"].decoder.generate(self.plan[1][0])
         for samples, tokens, rounds in self.plan:
             for r in range(rounds):
-                self.each(samples, tokens, memory=False)
+                if self.args.bracket and len(samples) == 1 and "vanilla" in self.runs:
+                    self.bracketed(samples, tokens)
+                else:
+                    self.each(samples, tokens, memory=False)
                 print(f"  batch {len(samples)}: round {r + 1}/{rounds} done", flush=True)
+
+    def bracketed(self, samples: list[Sample], tokens: int) -> None:
+        """One round in which vanilla runs first and again right after each recipe: a recipe's
+        run is compared with the mean of the vanilla runs on either side of it, a second or less
+        apart, where the round's first vanilla run may be many seconds away. Only vanilla's first
+        run of the round enters its own times."""
+        base, spare = self.runs["vanilla"], Timing()
+        base.run(samples, tokens, memory=False)
+        before = base.timing["1"].run_step_s[-1]
+        for name, runs in list(self.runs.items()):
+            if runs is base:
+                continue
+            try:
+                runs.run(samples, tokens, memory=False)
+            except Exception as e:
+                self.fail(name, "failed at batch 1", e)
+                continue
+            base.run(samples, tokens, memory=False, into=spare)
+            after = spare.run_step_s[-1]
+            runs.bracket.append((before + after) / 2)
+            before = after
 
     def rows(self, w_mb: float) -> list[dict]:
         return [
@@ -382,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     result["settings"] = {
         "model": model_name, "dtype": dtype, "device": str(device), "prompt_tokens": prompt_tokens,
         "image_tokens": image_tokens, "max_new_tokens": args.max_new_tokens, "batch": args.batch,
-        "batch_tokens": args.batch_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats,
+        "batch_tokens": args.batch_tokens, "repeats": args.repeats, "batch_repeats": args.batch_repeats, "bracket": args.bracket,
         "ref_tokens": args.ref_tokens, "long_tokens": args.long_tokens, "ref_repeats": args.ref_repeats, "memory_tokens": args.memory_tokens,
         "weights_mb": round(w_mb, 1),
         "memory_method": "torch.cuda.max_memory_allocated, one separate run" if device.type == "cuda" else

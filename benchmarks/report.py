@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,30 @@ def paired(runs: list[float] | None, base: list[float] | None) -> float | None:
     return round(statistics.median(a / b for a, b in zip(runs, base)), 3)
 
 
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval of the median of ``xs``: the order statistics
+    ``x_(k)`` and ``x_(n+1-k)`` with the largest ``k`` whose binomial(n, 1/2) tail
+    ``P(S < k)`` is at most ``(1 - level) / 2``; None when ``n`` is too small for ``level``."""
+    n, tail = len(xs), (1.0 - level) / 2
+    k, below = 0, 0.0  # below: P(S < k + 1) once k is accepted
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n  # P(S = k)
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    s = sorted(xs)
+    return round(s[k - 1], 3), round(s[n - k], 3)
+
+
+def paired_ci(runs: list[float] | None, base: list[float] | None) -> tuple[float, float] | None:
+    """``median_ci`` of the per-round ratios ``runs[r] / base[r]`` (None where ``paired`` is)."""
+    if not runs or not base or len(runs) != len(base):
+        return None
+    return median_ci([a / b for a, b in zip(runs, base)])
+
+
 def add_ratios(result: dict[str, Any]) -> None:
     """Fill ``vs_vanilla`` (and ``vs_control``) of every recipe row and ``vs_ours`` of every reference row."""
     rows = {r["recipe"]: r for r in result["recipes"]}
@@ -49,7 +74,12 @@ def add_ratios(result: dict[str, Any]) -> None:
                         key: ratio(run[key], ref[key])
                         for key in ("per_token_ms", "prefill_ms", "end_to_end_ms", "peak_mb", "peak_delta_mb")
                     }
-                    r[field][batch]["per_token_paired"] = paired(run.get("per_token_runs_ms"), ref.get("per_token_runs_ms"))
+                    runs_ms, base_ms = run.get("per_token_runs_ms"), ref.get("per_token_runs_ms")
+                    r[field][batch]["per_token_paired"] = paired(runs_ms, base_ms)
+                    r[field][batch]["per_token_paired_ci"] = paired_ci(runs_ms, base_ms)
+                    if field == "vs_vanilla" and run.get("bracket_runs_ms"):  # vanilla ran just before and after each run
+                        r[field][batch]["per_token_bracketed"] = paired(runs_ms, run["bracket_runs_ms"])
+                        r[field][batch]["per_token_bracketed_ci"] = paired_ci(runs_ms, run["bracket_runs_ms"])
     for ref in result["reference"]:
         ours = rows.get(ref["recipe"], {}).get("runs", {}).get("1")
         if ours and "error" not in ref:
@@ -59,8 +89,20 @@ def add_ratios(result: dict[str, Any]) -> None:
 
 
 def _token(v: dict[str, Any]) -> float | None:
-    """The per-token ratio a table shows: paired over rounds where there is one."""
-    return v.get("per_token_paired") or v.get("per_token_ms")
+    """The per-token ratio a table shows: against the vanilla runs beside each run where they
+    ran (``--bracket``), else paired over rounds, else the ratio of medians."""
+    return v.get("per_token_bracketed") or v.get("per_token_paired") or v.get("per_token_ms")
+
+
+def _token_ci(v: dict[str, Any]) -> tuple[float, float] | None:
+    """The 95 % interval of ``_token``'s ratio, where it has one."""
+    if v.get("per_token_bracketed"):
+        return v.get("per_token_bracketed_ci")
+    return v.get("per_token_paired_ci") if v.get("per_token_paired") else None
+
+
+def _fmt_ci(ci: Any) -> str:
+    return f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -75,13 +117,13 @@ def recipe_table(result: dict[str, Any]) -> list[str]:
     n = result["settings"]["batch"]
     lines = [
         f"| recipe | prefill ms | ms/token b1 | tok/s b1 | ms/token b{n} | tok/s b{n} | end-to-end ms b1 | "
-        f"peak MiB b1 (+delta) | peak MiB b{n} (+delta) | x vanilla token b1 / b{n} | x vanilla e2e b1 | "
+        f"peak MiB b1 (+delta) | peak MiB b{n} (+delta) | x vanilla token b1 / b{n} | 95 % interval b1 / b{n} | x vanilla e2e b1 | "
         f"x vanilla peak b1 / b{n} | x {CONTROL} token b1 / b{n} |",
-        "|---|" + "---:|" * 12,
+        "|---|" + "---:|" * 13,
     ]
     for r in result["recipes"]:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | {r['error']} |" + " |" * 11)
+            lines.append(f"| {r['recipe']} | {r['error']} |" + " |" * 12)
             continue
         b1, b16 = r["runs"].get("1", {}), r["runs"].get(str(n), {})
         v, c = r.get("vs_vanilla", {}), r.get("vs_control", {})
@@ -92,7 +134,7 @@ def recipe_table(result: dict[str, Any]) -> list[str]:
             f"{_fmt(b1.get('tokens_per_s'))} | {_fmt(b16.get('per_token_ms'), 2)} | {_fmt(b16.get('tokens_per_s'))} | "
             f"{_fmt(b1.get('end_to_end_ms'))} | {_fmt(b1.get('peak_mb'))} (+{_fmt(b1.get('peak_delta_mb'))}) | "
             f"{_fmt(b16.get('peak_mb'))} (+{_fmt(b16.get('peak_delta_mb'))}) | "
-            f"{_fmt(_token(v1), 2)} / {_fmt(_token(v16), 2)} | "
+            f"{_fmt(_token(v1), 2)} / {_fmt(_token(v16), 2)} | {_fmt_ci(_token_ci(v1))} / {_fmt_ci(_token_ci(v16))} | "
             f"{_fmt(v1.get('end_to_end_ms'), 2)} | {_fmt(v1.get('peak_mb'), 2)} / {_fmt(v16.get('peak_mb'), 2)} | "
             f"{_fmt(_token(c1), 2)} / {_fmt(_token(c16), 2)} |"
         )
@@ -186,16 +228,37 @@ def length_table(result: dict[str, Any]) -> list[str]:
     rows = result["length"]
     early, late = rows[0]["early_token"], rows[0]["late_token"]
     lines = [
-        f"| recipe | ms/token at token {early} | ms/token at token {late} | token {late} / token {early} |",
-        "|---|---:|---:|---:|",
+        f"| recipe | ms/token at token {early} | ms/token at token {late} | token {late} / token {early} | "
+        f"line through every step: at {early} | at {late} | {late} / {early} |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {_fmt(r['early_ms'], 2)} | {_fmt(r['late_ms'], 2)} | {_fmt(r['late_over_early'], 2)} |")
+        lines.append(
+            f"| {r['recipe']} | {_fmt(r['early_ms'], 2)} | {_fmt(r['late_ms'], 2)} | {_fmt(r['late_over_early'], 2)} | "
+            f"{_fmt(r.get('early_line_ms'), 2)} | {_fmt(r.get('late_line_ms'), 2)} | {_fmt(r.get('line_late_over_early'), 2)} |"
+        )
     return lines
 
 
+def _length_ratio(row: dict[str, Any]) -> float:
+    """The answer-length ratio a target reads: the line's where the run has one (robust to a slow
+    spell over one window), else the windows'."""
+    return row.get("line_late_over_early") or row["late_over_early"]
+
+
+def _verdict(tok: list[float | None], cis: list[tuple[float, float] | None], labels: list[str]) -> str:
+    """``met`` or ``missed`` by the per-token ratios ``tok`` against ``TOKEN_TARGETS``, and where
+    a 95 % interval of ``cis`` crosses its target, that the run does not settle it."""
+    ok = [t is not None and t <= limit for t, limit in zip(tok, TOKEN_TARGETS)]
+    unsettled = [
+        label for label, ci, limit in zip(labels, cis, TOKEN_TARGETS) if ci is not None and ci[0] <= limit < ci[1]
+    ]  # fmt: skip
+    word = "met" if all(ok) else "missed"
+    return f"{word}, {' and '.join(unsettled)} interval across the target" if unsettled else word
+
+
 def targets(result: dict[str, Any]) -> list[str]:
-    """One line per target with the measured number."""
+    """One line per target with the measured number (per-token ratios with their 95 % interval)."""
     out = []
     batch = str(result["settings"]["batch"])
     for r in result["recipes"]:
@@ -206,13 +269,13 @@ def targets(result: dict[str, Any]) -> list[str]:
         medians = [v.get(b, {}).get("per_token_ms") for b in ("1", batch)]
         ctl = [_token(c.get(b, {})) for b in ("1", batch)]
         mem = [v.get(b, {}).get("peak_mb") for b in ("1", batch)]
-        ok_tok = all(t is not None and t <= limit for t, limit in zip(tok, TOKEN_TARGETS))
+        cis = [_token_ci(v.get(b, {})) for b in ("1", batch)]
         ok_mem = all(m is not None and m <= MEMORY_TARGET for m in mem)
         control = f", {_fmt(ctl[0], 2)}x / {_fmt(ctl[1], 2)}x {CONTROL}" if c else ""
         out.append(
-            f"- `{r['recipe']}`: per token {_fmt(tok[0], 2)}x / {_fmt(tok[1], 2)}x vanilla (ratio of medians "
-            f"{_fmt(medians[0], 2)}x / {_fmt(medians[1], 2)}x{control}) (b1 / b{batch}, "
-            f"target <= {TOKEN_TARGETS[0]} / {TOKEN_TARGETS[1]}: {'met' if ok_tok else 'missed'}); peak {_fmt(mem[0], 2)}x / {_fmt(mem[1], 2)}x "
+            f"- `{r['recipe']}`: per token {_fmt(tok[0], 2)}x ({_fmt_ci(cis[0])}) / {_fmt(tok[1], 2)}x ({_fmt_ci(cis[1])}) "
+            f"vanilla (ratio of medians {_fmt(medians[0], 2)}x / {_fmt(medians[1], 2)}x{control}) (b1 / b{batch}, "
+            f"target <= {TOKEN_TARGETS[0]} / {TOKEN_TARGETS[1]}: {_verdict(tok, cis, ['b1', 'b' + batch])}); peak {_fmt(mem[0], 2)}x / {_fmt(mem[1], 2)}x "
             f"(target <= {MEMORY_TARGET}: {'met' if ok_mem else 'missed'})"
         )
     for r in result["recipes"]:
@@ -227,10 +290,11 @@ def targets(result: dict[str, Any]) -> list[str]:
             f"(target <= {limit}: {'met' if ok else 'missed'})"
         )
     for row in result.get("length", []):
-        ok = row["late_over_early"] <= LENGTH_TARGET
+        ok = _length_ratio(row) <= LENGTH_TARGET
         out.append(
-            f"- `{row['recipe']}`: token {row['late_token']} costs {_fmt(row['late_over_early'], 2)}x token "
-            f"{row['early_token']} (target <= {LENGTH_TARGET}: {'met' if ok else 'missed'})"
+            f"- `{row['recipe']}`: token {row['late_token']} costs {_fmt(_length_ratio(row), 2)}x token "
+            f"{row['early_token']} on the line through every step ({_fmt(row['late_over_early'], 2)}x between the two "
+            f"windows' medians) (target <= {LENGTH_TARGET}: {'met' if ok else 'missed'})"
         )
     for ref in result["reference"]:
         if "error" in ref or "vs_ours" not in ref:
@@ -262,6 +326,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- model: {s['model']} ({s['dtype']}, {s['prompt_tokens']} prompt tokens of which {s['image_tokens']} "
         f"image tokens); {s['max_new_tokens']} new tokens at batch 1 ({s['repeats']} repeats after a warm-up), "
         f"{s['batch_tokens']} at batch {s['batch']}; medians; memory: {s['memory_method']}",
+        "- per-token ratios: the median over rounds of each run against "
+        + ("the mean of the vanilla runs just before and after it at batch 1 (`--bracket`), against " if s.get("bracket") else "")
+        + "the round's vanilla run otherwise, with a distribution-free 95 % interval of that median",
         "",
         "### Recipes against vanilla",
         "",

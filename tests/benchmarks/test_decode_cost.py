@@ -18,7 +18,7 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "decode_cost.py"),
         "--model", "tiny-llava", "--recipe", "dualpd", "--threads", "1",
-        "--max-new-tokens", "3", "--batch", "4", "--batch-tokens", "2", "--repeats", "1", "--batch-repeats", "1",
+        "--max-new-tokens", "3", "--batch", "4", "--batch-tokens", "2", "--repeats", "1", "--batch-repeats", "1", "--bracket",
         "--reference", "cache", "--ref-tokens", "3", "--memory-lengths", "64,128", "--memory-tokens", "1",
         "--profile-recipe", "dualpd", "--long-tokens", "60", "--long-rounds", "1", "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
@@ -34,6 +34,11 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert rows["vanilla_rows"]["tokens_b1"] == rows["vanilla"]["tokens_b1"]  # the control changes no token
     assert rows["dualpd"]["vs_control"]["1"]["per_token_ms"] > 0
     assert rows["dualpd"]["vs_vanilla"]["1"]["per_token_paired"] > 0  # one round: one paired ratio
+    # --bracket: vanilla ran after each recipe's batch-1 run, one bracket per run, vanilla's own times unmixed
+    assert len(rows["dualpd"]["runs"]["1"]["bracket_runs_ms"]) == len(rows["dualpd"]["runs"]["1"]["per_token_runs_ms"]) == 1
+    assert rows["dualpd"]["vs_vanilla"]["1"]["per_token_bracketed"] > 0
+    assert len(rows["vanilla"]["runs"]["1"]["per_token_runs_ms"]) == 1 and "bracket_runs_ms" not in rows["vanilla"]["runs"]["1"]
+    assert "bracket_runs_ms" not in rows["dualpd"]["runs"]["4"]
     for row in rows.values():
         assert set(row["runs"]) == {"1", "4"}
         for run in row["runs"].values():
@@ -57,6 +62,7 @@ def test_decode_cost_tiny_run_writes_json_and_markdown(tmp_path: Path) -> None:
     length = {r["recipe"]: r for r in result["length"]}
     assert list(length) == ["vanilla", "vanilla_rows", "dualpd"]
     assert all(r["early_token"] == 20 and r["late_token"] == 40 and r["late_over_early"] > 0 for r in length.values())
+    assert all(r["line_late_over_early"] > 0 and r["early_line_ms"] > 0 for r in length.values())
 
     text = out_md.read_text()
     assert "<!-- results:begin -->" in text and "| dualpd |" in text and "torch threads set to 1" in text
