@@ -34,6 +34,7 @@ class StepView:
         self.adapter = adapter
         self.num_layers = adapter.info().num_layers
         self._lens: dict[tuple[int, bool], torch.Tensor] = {}
+        self._products: dict[bool, tuple[tuple[int, ...], torch.Tensor]] = {}  # final_norm -> (layers, (B, N, V)) of one lenses call
 
     @property
     def state(self) -> dict[str, Any]:
@@ -116,6 +117,7 @@ class StepView:
             z = self._project(h, final_norm)  # (B, M, V)
             for i, l in enumerate(missing):
                 self._lens[(l, final_norm)] = z[:, i]
+            self._products[final_norm] = (tuple(missing), z)
             if missing == list(layers):  # every lens is new and in this order: the stack is z itself
                 return z
         return torch.stack([self._lens[(l, final_norm)] for l in layers], 1)  # (B, N, V)
@@ -130,29 +132,42 @@ class StepView:
         if not kept:
             raise KeyError(f"lens_at: layers {layers.tolist()} were not declared in Needs.hidden")
         B = layers.shape[0]
-        table, samples = self._rows_of(kept, B, layers.device)  # (B, L + 2), (B,)
-        row = table[samples, layers]  # (B,) row of each sample's state in the (M B, .) stack
-        if all((l, final_norm) in self._lens for l in kept):  # a part already computed every lens
-            z = torch.stack([self._lens[(l, final_norm)] for l in kept])  # (M, B, V)
-            z = z.view(len(kept) * B, -1).index_select(0, row)  # (B, V)
+        made, product = self._products.get(final_norm, ((), None))
+        if product is not None and set(made) == set(kept):  # one lenses call made every lens: pick from its product
+            table, samples = self._rows_of(list(made), B, layers.device, sample_major=True)  # (B, L + 2), (B,)
+            z = product.reshape(B * len(made), -1).index_select(0, table[samples, layers])  # (B, V) of (B N, V)
         else:
-            h = torch.stack([self.hidden(l) for l in kept])  # (M, B, D)
-            z = self._project(h.view(len(kept) * B, -1).index_select(0, row), final_norm)  # (B, V)
+            table, samples = self._rows_of(kept, B, layers.device)  # (B, L + 2), (B,)
+            row = table[samples, layers]  # (B,) row of each sample's state in the (M B, .) stack
+            if all((l, final_norm) in self._lens for l in kept):  # lenses from several calls
+                z = torch.stack([self._lens[(l, final_norm)] for l in kept])  # (M, B, V)
+                z = z.view(len(kept) * B, -1).index_select(0, row)  # (B, V)
+            else:
+                h = torch.stack([self.hidden(l) for l in kept])  # (M, B, D)
+                z = self._project(h.view(len(kept) * B, -1).index_select(0, row), final_norm)  # (B, V)
         return torch.where((layers >= 0)[:, None], z, self.logits) if fill else z
 
-    def _rows_of(self, kept: list[int], batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows_of(
+        self, kept: list[int], batch: int, device: torch.device, sample_major: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(table, samples)``, made once per request: ``table`` (B, L + 2) long holds, at
-        ``[b, l]`` for ``l`` in 0..L, the row ``slot * B + b`` of sample ``b``'s state of layer
-        ``l`` in the stack of the ``kept`` ones (``slot`` its index among them), or ``M B``, out of
-        range (the pick raises), for a layer that was not kept; the last column, which ``-1``
-        reads, is slot 0 (those rows keep the final logits). ``samples`` is ``arange(B)``."""
-        key = ("lens_at", tuple(kept), batch, device)
+        ``[b, l]`` for ``l`` in 0..L, the row of sample ``b``'s entry for layer ``l`` in a flat
+        stack of the ``kept`` ones: ``slot * B + b`` for an ``(M, B, .)`` stack, ``b * M + slot``
+        for a ``(B, M, .)`` one (``sample_major``), with ``slot`` the layer's index among ``kept``;
+        ``M B``, out of range (the pick raises), for a layer that was not kept. The last column,
+        which ``-1`` reads, is slot 0 (those rows keep the final logits). ``samples`` is
+        ``arange(B)``."""
+        key = ("lens_at", tuple(kept), batch, device, sample_major)
         cached = self.capture.tables.get(key)
         if cached is None:
-            slot = torch.full((self.num_layers + 2,), len(kept), dtype=torch.long)  # (L + 2,)
-            slot[kept] = torch.arange(len(kept))
+            M = len(kept)
+            slot = torch.full((self.num_layers + 2,), M, dtype=torch.long)  # (L + 2,)
+            slot[kept] = torch.arange(M)
             slot[-1] = 0
             samples = torch.arange(batch)  # (B,)
-            table = slot[None, :] * batch + samples[:, None]  # (B, L + 2)
+            if sample_major:
+                table = torch.where(slot[None, :] < M, samples[:, None] * M + slot[None, :], M * batch)  # (B, L + 2)
+            else:
+                table = slot[None, :] * batch + samples[:, None]  # (B, L + 2)
             cached = self.capture.tables[key] = (table.to(device), samples.to(device))
         return cached

@@ -87,3 +87,29 @@ def test_lens_at_an_undeclared_layer_fails():
         assert "out of range" in str(e)
     else:
         raise AssertionError("a layer without a kept state was read")
+
+
+def test_lens_at_picks_from_one_lenses_product_without_stacking_it_again():
+    from benchmarks.measure import OpCount
+
+    view = _view()
+    layers = torch.tensor([2, -1, 4])
+    expected = view.lens_at(layers)  # from the hidden states: one head call for the picked rows
+    view.lenses([3, 0, 4, 1, 2])  # every kept layer, in one product (B, 5, V), not in layer order
+    with OpCount() as count:
+        got = view.lens_at(layers)
+    assert torch.equal(got, expected)
+    assert count.ops["aten.stack"] == 0  # the (B, N, V) product is read in place
+
+
+def test_lens_at_from_a_lenses_product_refuses_a_layer_that_was_not_kept():
+    view = _view()
+    del view.capture.hidden[3]
+    view.lenses([0, 4, 1, 2])  # (B, 4, V): sample b's rows are 4 b .. 4 b + 3
+    torch.testing.assert_close(view.lens_at(torch.tensor([4, 1, -1]))[:2], torch.stack([view.lens(4)[0], view.lens(1)[1]]))
+    try:
+        view.lens_at(torch.tensor([2, 3, 4]))  # sample 1 at block 3, whose state was not kept
+    except (IndexError, RuntimeError) as e:
+        assert "out of range" in str(e)
+    else:
+        raise AssertionError("a layer without a kept state was read")
